@@ -1,0 +1,122 @@
+"""The ``whisperengine`` command: run, chat, doctor.
+
+Start-up problems (a missing setting, an unreachable service) end the process with one
+line on stderr naming what to fix, and exit status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from pydantic import ValidationError
+
+from bot.app import App, build_app
+from bot.logs import configure_logging
+from config.settings import Settings
+from engine.errors import BackendUnavailable, ConfigError
+from engine.health import overall
+
+logger = logging.getLogger("whisperengine")
+
+EXIT_CONFIG = 2
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+async def _wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run(settings: Settings) -> int:
+    async with build_app(settings) as app:
+        _print_choices(app, sys.stderr)
+        if app.web is not None:
+            logger.info("web chat on %s", app.web.url)
+        logger.info("WhisperEngine is running; Ctrl-C stops it")
+        await _wait_for_stop()
+        logger.info("shutting down: finishing queued memory writes")
+    return 0
+
+
+async def chat(settings: Settings, user: str | None) -> int:
+    from bot.terminal import chat as terminal_chat
+
+    async with build_app(settings, with_web=False) as app:
+        await terminal_chat(app.engine, user_name=user)
+    return 0
+
+
+def _print_choices(app: App, out: TextIO) -> None:
+    for port, choice in app.choices.items():
+        print(f"  {port:<9} {choice}", file=out)
+    for note in app.notes:
+        print(f"  note: {note}", file=out)
+
+
+async def doctor(settings: Settings) -> int:
+    print("WhisperEngine doctor")
+    print(f"  data dir  {settings.data_dir.resolve()}")
+    async with build_app(settings, with_web=False) as app:
+        _print_choices(app, sys.stdout)
+        health = await app.health()
+        print("health")
+        for item in health.values():
+            latency = f" {item.latency_ms:.1f} ms" if item.latency_ms is not None else ""
+            detail = f" — {item.detail}" if item.detail else ""
+            print(f"  {item.name:<9} {item.status}{latency}{detail}")
+        print(f"overall: {overall(health)}")
+        print(f"personas: {', '.join(app.engine.personas.library.names())}")
+        web = f"http://{settings.web_host}:{settings.web_port}" if settings.web_enabled else "off"
+        print(f"web: {web}")
+        return 0 if all(h.status != "down" for h in health.values()) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="whisperengine", description="A self-hosted AI companion bot.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the bot: web chat, and each platform whose token is set")
+    chat_parser = sub.add_parser("chat", help="chat with the bot in this terminal")
+    chat_parser.add_argument("--user", help="your name in the conversation (default: your login)")
+    sub.add_parser("doctor", help="show what was detected and chosen for every port, and its health")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = _load_settings()
+        quiet = args.command in ("chat", "doctor") and settings.log_level.upper() == "INFO"
+        configure_logging("WARNING" if quiet else settings.log_level, settings.secrets())
+        match args.command:
+            case "run":
+                return asyncio.run(run(settings))
+            case "chat":
+                return asyncio.run(chat(settings, args.user))
+            case "doctor":
+                return asyncio.run(doctor(settings))
+    except (ConfigError, BackendUnavailable) as exc:
+        print(f"whisperengine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""``Engine.handle``: one pipeline for every platform.
+
+    message → middleware (ignore own messages, rate limit)
+            → persist the user's message (before the LLM is called: nothing is lost)
+            → context: recent turns (cache, else the store), the user's relevant memories,
+              profile, persona, emotion — gathered concurrently
+            → prompt within the token budget → LLM, streamed to the caller
+            → after the reply: the reply joins the recent turns at once; storing it and
+              writing memories happen in the background (``MemoryWriter``)
+
+An LLM failure or timeout becomes a short apology (``ReplyKind.APOLOGY``); the error
+goes to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from engine.emotion import EmotionDetector, LexiconEmotionDetector
+from engine.errors import BackendUnavailable, LLMError, StorageError
+from engine.events import AIResponse, MemoryHit, ReplyKind, Timings, Turn, UniversalMessage, new_id, utcnow
+from engine.memory import MemoryRecall, MemoryWriter, TurnRecord
+from engine.middleware import Middleware, Next, RateLimiter, ignore_own_messages
+from engine.persona import PersonaSelector
+from engine.ports import LLM, Cache, ConversationStore, StoredMessage, UserProfile
+from engine.prompt import PromptBudget, build_prompt
+from engine.reply import ReplyStream
+
+logger = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, I couldn't come up with a reply just now. Please try again in a moment."
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    budget: PromptBudget = field(default_factory=PromptBudget)
+    temperature: float = 0.7
+    recent_turns: int = 20
+    rate_limit_messages: int = 10
+    rate_limit_window_s: float = 60.0
+    turns_ttl_s: float = 6 * 3600
+
+
+def _turn_to_json(turn: Turn) -> str:
+    return json.dumps([turn.role, turn.content, turn.user_name, turn.timestamp.isoformat()])
+
+
+def _turn_from_json(raw: str) -> Turn:
+    role, content, user_name, ts = json.loads(raw)
+    return Turn(role=role, content=content, user_name=user_name, timestamp=datetime.fromisoformat(ts))
+
+
+class Engine:
+    """The bot's brain, shared by every adapter."""
+
+    def __init__(
+        self,
+        *,
+        llm: LLM,
+        store: ConversationStore,
+        cache: Cache,
+        personas: PersonaSelector,
+        recall: MemoryRecall,
+        writer: MemoryWriter,
+        config: EngineConfig | None = None,
+        emotion: EmotionDetector | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        bot_name: str = "assistant",
+    ) -> None:
+        self.llm = llm
+        self.store = store
+        self.cache = cache
+        self.personas = personas
+        self.recall = recall
+        self.writer = writer
+        self.config = config = config or EngineConfig()
+        self.emotion = emotion or LexiconEmotionDetector()
+        self.bot_name = bot_name
+        self.middleware: list[Middleware] = (
+            list(middleware)
+            if middleware is not None
+            else [
+                ignore_own_messages,
+                RateLimiter(
+                    cache, max_messages=config.rate_limit_messages, window_s=config.rate_limit_window_s
+                ),
+            ]
+        )
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()
+
+    # --- the pipeline ---------------------------------------------------------------
+
+    def handle(self, message: UniversalMessage) -> ReplyStream:
+        """Answer one message; iterate the result for chunks, or ``await .collect()``."""
+        return ReplyStream(self._through_middleware(message))
+
+    async def _through_middleware(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
+        async def answer(msg: UniversalMessage) -> ReplyStream:
+            return ReplyStream(self._answer(msg))
+
+        call: Next = answer
+        for layer in reversed(self.middleware):
+            call = _bind(layer, call)
+        stream = await call(message)
+        async for item in stream._raw():
+            yield item
+
+    async def _answer(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            async for item in self._answer_inner(message, started):
+                yield item
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_inner(
+        self, message: UniversalMessage, started: float
+    ) -> AsyncIterator[str | AIResponse]:
+        stored = StoredMessage(
+            id=stored_message_id(message),
+            conversation_key=message.conversation_key,
+            user_key=message.user_key,
+            role="user",
+            content=message.content,
+            user_name=message.user_name,
+            platform=message.platform,
+            channel_id=message.channel_id,
+            guild_id=message.guild_id,
+            thread_id=message.thread_id,
+            platform_message_id=message.message_id,
+            created_at=message.timestamp,
+        )
+        # History is read before this message is added to it.
+        turns_task = asyncio.create_task(self._recent_turns(message.conversation_key, exclude_id=stored.id))
+        profile = await self._persist_user_message(message, stored)
+        memories, persona, turns = await asyncio.gather(
+            self._recall(message), self.personas.for_message(message), turns_task
+        )
+        emotion = self.emotion.detect(message.content)
+        await self._remember_turn(
+            message.conversation_key, Turn("user", message.content, message.user_name, message.timestamp)
+        )
+        prompt = build_prompt(
+            persona=persona,
+            user_message=message.content,
+            user_name=message.user_name,
+            turns=turns,
+            memories=memories,
+            profile=profile,
+            budget=self.config.budget,
+            emotion=emotion,
+            group_chat=not message.is_direct,
+        )
+        context_done = time.perf_counter()
+
+        parts: list[str] = []
+        first_token = 0.0
+        kind, error = ReplyKind.ANSWER, None
+        try:
+            async for chunk in self.llm.stream(
+                prompt.messages,
+                max_tokens=self.config.budget.reply_tokens,
+                temperature=self.config.temperature,
+            ):
+                if not parts:
+                    first_token = time.perf_counter()
+                parts.append(chunk)
+                yield chunk
+        except (LLMError, BackendUnavailable) as exc:
+            logger.error("LLM failed for %s in %s: %s", message.user_key, message.conversation_key, exc)
+            kind, error = ReplyKind.APOLOGY, str(exc)
+            apology = ("\n\n" if parts else "") + APOLOGY
+            parts.append(apology)
+            yield apology
+        llm_done = time.perf_counter()
+
+        content = "".join(parts).strip()
+        if not content:
+            kind, content = ReplyKind.APOLOGY, APOLOGY
+            yield APOLOGY
+        reply = StoredMessage(
+            id=new_id(),
+            conversation_key=message.conversation_key,
+            user_key=message.user_key,
+            role="assistant",
+            content=content,
+            user_name=self.bot_name,
+            platform=message.platform,
+            channel_id=message.channel_id,
+            guild_id=message.guild_id,
+            thread_id=message.thread_id,
+            created_at=utcnow(),
+        )
+        await self._remember_turn(
+            message.conversation_key, Turn("assistant", content, self.bot_name, reply.created_at)
+        )
+        await self.writer.submit(TurnRecord(user_message=stored, reply=reply))
+        ms = 1000.0
+        yield AIResponse(
+            content=content,
+            kind=kind,
+            persona=persona.name,
+            emotion=emotion,
+            memories_used=prompt.memories_included,
+            timings=Timings(
+                context_ms=(context_done - started) * ms,
+                first_token_ms=((first_token or llm_done) - context_done) * ms,
+                llm_ms=(llm_done - context_done) * ms,
+                total_ms=(time.perf_counter() - started) * ms,
+            ),
+            llm_backend=self.llm.name,
+            error=error,
+        )
+
+    # --- context ----------------------------------------------------------------------
+
+    async def _persist_user_message(
+        self, message: UniversalMessage, stored: StoredMessage
+    ) -> UserProfile | None:
+        try:
+            profile = await self.store.touch_user(
+                message.user_key,
+                platform=message.platform,
+                user_id=message.user_id,
+                display_name=message.user_name,
+                seen_at=message.timestamp,
+            )
+            await self.store.add_message(stored)
+        except (StorageError, BackendUnavailable):
+            logger.exception("could not store message %s of %s", stored.id, message.user_key)
+            return None
+        return profile
+
+    async def _recent_turns(self, conversation_key: str, *, exclude_id: str) -> list[Turn]:
+        key = f"turns:{conversation_key}"
+        raw = await self.cache.tail(key, self.config.recent_turns)
+        if raw:
+            return [_turn_from_json(item) for item in raw]
+        try:
+            rows = await self.store.recent_messages(conversation_key, self.config.recent_turns)
+        except (StorageError, BackendUnavailable):
+            logger.exception("could not load recent turns of %s", conversation_key)
+            return []
+        turns = [Turn(m.role, m.content, m.user_name, m.created_at) for m in rows if m.id != exclude_id]
+        for turn in turns:
+            await self.cache.push(key, _turn_to_json(turn), self.config.recent_turns)
+        return turns
+
+    async def _remember_turn(self, conversation_key: str, turn: Turn) -> None:
+        key = f"turns:{conversation_key}"
+        await self.cache.push(key, _turn_to_json(turn), self.config.recent_turns)
+
+    async def _recall(self, message: UniversalMessage) -> list[MemoryHit]:
+        try:
+            return await self.recall.recall(message.user_key, message.content)
+        except (StorageError, BackendUnavailable):
+            logger.exception("memory recall failed for %s; answering without it", message.user_key)
+            return []
+
+    # --- a user's own data ----------------------------------------------------------
+
+    async def forget_user(self, user_key: str) -> int:
+        """Erase everything held about a user: rows, vectors, cached turns and counters."""
+        await self.writer.drain()
+        conversations = {m.conversation_key for m in await self.store.user_messages(user_key, limit=100_000)}
+        removed = await self.store.forget_user(user_key)
+        await self.recall.forget(user_key)
+        for conversation in conversations:
+            await self.cache.delete(f"turns:{conversation}")
+        await self.cache.delete_prefix(f"rl:{user_key}:")
+        return removed
+
+
+def stored_message_id(message: UniversalMessage) -> str:
+    """A stable id per platform message, so a redelivered message is stored once."""
+    digest = hashlib.sha256(f"{message.platform}:{message.channel_id}:{message.message_id}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _bind(layer: Middleware, call_next: Next) -> Next:
+    async def call(message: UniversalMessage) -> ReplyStream:
+        return await layer(message, call_next)
+
+    return call

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.settings import PACKAGED_PERSONAS
+from engine.errors import ConfigError
+from engine.persona import PersonaLibrary, load_persona_file
+
+
+def test_shipped_personas_load() -> None:
+    library = PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember")
+    assert {"ember", "sage"} <= set(library.names())
+    assert library.default.name == "ember"
+    assert library.default.examples
+    assert "Ember" in library.default.system_text()
+
+
+def test_user_directory_overrides_and_adds(tmp_path: Path) -> None:
+    (tmp_path / "ember.yaml").write_text("name: Ember\nsystem_prompt: You are a pirate.\n")
+    (tmp_path / "nova.yml").write_text("name: nova\nsystem_prompt: You are Nova.\nvoice: en_US-joe-medium\n")
+    library = PersonaLibrary.from_dirs([PACKAGED_PERSONAS, tmp_path], default="ember")
+    assert library.default.system_prompt == "You are a pirate."
+    nova = library.get("NOVA")
+    assert nova is not None and nova.voice == "en_US-joe-medium"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("name: x\n", "system_prompt"),
+        ("system_prompt: hi\n", "name"),
+        ("- just a list\n", "mapping"),
+        ("name: x\nsystem_prompt: y\nexamples:\n  - user: only half\n", "example"),
+        ("name: [unclosed\n", "cannot read"),
+    ],
+)
+def test_invalid_persona_files_say_what_is_wrong(tmp_path: Path, text: str, complaint: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=complaint) as info:
+        load_persona_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_default_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="DEFAULT_PERSONA"):
+        PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="nobody")
