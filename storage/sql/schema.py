@@ -1,0 +1,120 @@
+"""The conversation store's tables: one schema for SQLite and PostgreSQL.
+
+This module describes the schema the migrations in ``migrations/versions`` produce; a contract
+test checks that the two agree on both backends. Change the schema by adding a migration and
+updating these definitions together, never one without the other.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no timezone type, so the value is stored as
+    naive UTC text (fixed width, so it sorts chronologically) and read back as aware UTC.
+    Naive datetimes are refused rather than guessed at.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps timezone-aware UTC timestamps")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+# SQLite makes only a column declared exactly "INTEGER PRIMARY KEY" an alias of the rowid, which
+# is what keeps row numbers stable (VACUUM) for an external-content FTS5 index; PostgreSQL gets
+# a BIGSERIAL. ``seq`` orders rows written in the same instant.
+RowSeq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_key", sa.Text, primary_key=True),
+    sa.Column("platform", sa.Text, nullable=False),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("display_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("preferred_name", sa.Text, nullable=True),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("seq", RowSeq, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("conversation_key", sa.Text, nullable=False),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("user_name", sa.Text, nullable=False, server_default=""),
+    sa.Column("platform", sa.Text, nullable=False),
+    sa.Column("channel_id", sa.Text, nullable=False),
+    sa.Column("guild_id", sa.Text, nullable=True),
+    sa.Column("thread_id", sa.Text, nullable=True),
+    sa.Column("platform_message_id", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_messages_conversation_key_created_at", "conversation_key", "created_at", "seq"),
+    sa.Index("ix_messages_user_key_created_at", "user_key", "created_at", "seq"),
+)
+
+memories = sa.Table(
+    "memories",
+    metadata,
+    sa.Column("seq", RowSeq, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.Text, nullable=False, unique=True),
+    sa.Column("user_key", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False, server_default="message"),
+    sa.Column("importance", sa.Float, nullable=False, server_default="0.5"),
+    sa.Column("platform", sa.Text, nullable=False, server_default=""),
+    sa.Column("channel_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("source_message_ids", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Column("use_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_memories_user_key_created_at", "user_key", "created_at", "seq"),
+)
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("scope", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+__all__ = ["NAMING_CONVENTION", "UTCDateTime", "memories", "messages", "metadata", "settings", "users"]
