@@ -20,8 +20,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, LLMError, StorageError
@@ -273,6 +274,20 @@ class Engine:
 
     # --- a user's own data ----------------------------------------------------------
 
+    async def export_user(self, user_key: str) -> dict[str, object]:
+        """Everything held about a user, as one JSON-ready document."""
+        await self.writer.drain()
+        profile = await self.store.get_user(user_key)
+        messages = await self.store.user_messages(user_key, limit=1_000_000)
+        memories = await self.store.list_memories(user_key, limit=1_000_000)
+        return {
+            "user_key": user_key,
+            "exported_at": utcnow().isoformat(),
+            "profile": None if profile is None else _jsonable(asdict(profile)),
+            "messages": [_jsonable(asdict(m)) for m in messages],
+            "memories": [_jsonable(asdict(m)) for m in memories],
+        }
+
     async def forget_user(self, user_key: str) -> int:
         """Erase everything held about a user: rows, vectors, cached turns and counters."""
         await self.writer.drain()
@@ -283,6 +298,13 @@ class Engine:
             await self.cache.delete(f"turns:{conversation}")
         await self.cache.delete_prefix(f"rl:{user_key}:")
         return removed
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v
+        for k, v in row.items()
+    }
 
 
 def stored_message_id(message: UniversalMessage) -> str:

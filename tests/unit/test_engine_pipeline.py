@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from engine.errors import LLMError, LLMTimeout
@@ -199,3 +200,16 @@ async def test_forget_user_erases_rows_vectors_and_cache(make_engine) -> None:
         # the other user is untouched
         assert await engine.store.count_memories("test:u2") == 1
         assert await engine.cache.tail("turns:test:dm-u2", 10) != []
+
+
+async def test_export_holds_profile_messages_and_memories_of_that_user_only(make_engine) -> None:
+    async with make_engine(FakeLLM("ok")) as engine:
+        await engine.handle(dm("I grow tomatoes on my balcony", user="u1")).collect()
+        await engine.handle(dm("I race sailing boats on weekends", user="u2", name="Bob")).collect()
+        document = await engine.export_user("test:u1")
+        assert document["profile"]["display_name"] == "Alice"
+        assert [m["content"] for m in document["messages"]] == ["I grow tomatoes on my balcony", "ok"]
+        assert [m["text"] for m in document["memories"]] == [
+            next(m["text"] for m in document["memories"] if "tomatoes" in m["text"])
+        ]
+        assert "sailing" not in json.dumps(document)
