@@ -127,7 +127,10 @@ class Embedder(Protocol):
 
 
 class ConversationStore(Protocol):
-    """The primary database: users, messages, memory metadata, settings."""
+    """The primary database: users, messages, memory metadata, settings.
+
+    Every datetime passed in or returned is timezone-aware UTC.
+    """
 
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
@@ -148,13 +151,19 @@ class ConversationStore(Protocol):
         ...
 
     async def user_messages(self, user_key: str, limit: int = 1000) -> list[StoredMessage]:
-        """Messages written by, or replied to, this user; oldest first."""
+        """The oldest ``limit`` messages written by, or replied to, this user; oldest first."""
         ...
 
-    async def add_memories(self, memories: Sequence[MemoryRecord]) -> None: ...
+    async def add_memories(self, memories: Sequence[MemoryRecord]) -> None:
+        """Insert, or update text and metadata of the owner's existing ids (``created_at`` kept).
+
+        An id already owned by another user is left untouched.
+        """
+        ...
 
     async def get_memories(self, user_key: str, ids: Sequence[str]) -> list[MemoryRecord]:
-        """The user's memories with these ids; ids of other users are never returned."""
+        """The user's memories with these ids, in the order of ``ids``; missing ids and ids of
+        other users are left out."""
         ...
 
     async def list_memories(self, user_key: str, limit: int = 100, offset: int = 0) -> list[MemoryRecord]:
