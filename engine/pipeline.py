@@ -247,8 +247,9 @@ class Engine:
         return profile
 
     async def _recent_turns(self, conversation_key: str, *, exclude_id: str) -> list[Turn]:
-        key = f"turns:{conversation_key}"
-        raw = await self.cache.tail(key, self.config.recent_turns)
+        if self.config.recent_turns <= 0:
+            return []
+        raw = await self.cache.tail(f"turns:{conversation_key}", self.config.recent_turns)
         if raw:
             return [_turn_from_json(item) for item in raw]
         try:
@@ -258,12 +259,17 @@ class Engine:
             return []
         turns = [Turn(m.role, m.content, m.user_name, m.created_at) for m in rows if m.id != exclude_id]
         for turn in turns:
-            await self.cache.push(key, _turn_to_json(turn), self.config.recent_turns)
+            await self._remember_turn(conversation_key, turn)
         return turns
 
     async def _remember_turn(self, conversation_key: str, turn: Turn) -> None:
-        key = f"turns:{conversation_key}"
-        await self.cache.push(key, _turn_to_json(turn), self.config.recent_turns)
+        if self.config.recent_turns > 0:
+            await self.cache.push(
+                f"turns:{conversation_key}",
+                _turn_to_json(turn),
+                self.config.recent_turns,
+                self.config.turns_ttl_s,
+            )
 
     async def _recall(self, message: UniversalMessage) -> list[MemoryHit]:
         try:

@@ -208,7 +208,10 @@ class VectorMemory(Protocol):
 
 
 class Cache(Protocol):
-    """Short-lived state: recent turns and rate-limit counters. Values are strings."""
+    """Short-lived state: recent turns and rate-limit counters. Values are strings.
+
+    Every ``ttl_s`` must be positive; a list read as a string (or the reverse) is a StorageError.
+    """
 
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
@@ -224,8 +227,11 @@ class Cache(Protocol):
         """Add one to a counter; a new counter expires ``ttl_s`` after its first increment."""
         ...
 
-    async def push(self, key: str, value: str, max_len: int) -> None:
-        """Append to a list, keeping only its newest ``max_len`` entries."""
+    async def push(self, key: str, value: str, max_len: int, ttl_s: float | None = None) -> None:
+        """Append to a list, keeping only its newest ``max_len`` (≥ 1) entries.
+
+        With ``ttl_s`` the whole list expires that long after this push.
+        """
         ...
 
     async def tail(self, key: str, n: int) -> list[str]:
