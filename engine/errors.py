@@ -54,7 +54,11 @@ class StorageError(WhisperEngineError):
 
 
 class LLMError(WhisperEngineError):
-    """The language model could not produce a reply."""
+    """The language model could not produce a reply; ``status`` is the HTTP status, if any."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LLMTimeout(LLMError):

@@ -171,12 +171,11 @@ class Engine:
         parts: list[str] = []
         first_token = 0.0
         kind, error = ReplyKind.ANSWER, None
+        stream = self.llm.stream(
+            prompt.messages, max_tokens=self.config.budget.reply_tokens, temperature=self.config.temperature
+        )
         try:
-            async for chunk in self.llm.stream(
-                prompt.messages,
-                max_tokens=self.config.budget.reply_tokens,
-                temperature=self.config.temperature,
-            ):
+            async for chunk in stream:
                 if not parts:
                     first_token = time.perf_counter()
                 parts.append(chunk)
@@ -223,7 +222,8 @@ class Engine:
                 llm_ms=(llm_done - context_done) * ms,
                 total_ms=(time.perf_counter() - started) * ms,
             ),
-            llm_backend=self.llm.name,
+            # a fallback chain says which of its backends answered this reply
+            llm_backend=getattr(stream, "backend", None) or self.llm.name,
             error=error,
         )
 

@@ -1,0 +1,328 @@
+"""Backend-independent LLM policy: ordered fallback, bounded retries, timeouts.
+
+:class:`ResilientLLM` implements the :class:`engine.ports.LLM` port on top of several
+backends (``inference/``), tried in order.
+
+Retries
+    Per backend, a failure raised *before the first chunk* (``LLMError``,
+    ``BackendUnavailable``) is retried up to ``max_retries`` times with exponential
+    backoff and jitter, then the next backend is tried. Two kinds of failure move on to
+    the next backend at once instead of retrying the same one: a timeout (retrying a
+    hung server multiplies the user's wait) and a client error that will not change on
+    retry (an ``LLMError`` whose ``status`` is a 4xx other than 408/409/425/429,
+    e.g. 401 bad key, 404 unknown model). A backend whose previous call failed outright
+    gets a single attempt, without retries, until it succeeds again: a dead primary costs
+    one quick attempt per reply rather than a full backoff sequence.
+
+    Once a chunk has been handed to the caller nothing is retried (it would repeat
+    text): the failure is raised as ``LLMError`` (``LLMTimeout`` for a timeout).
+
+Timeouts (per attempt)
+    * ``first_token_timeout_s`` (default: ``timeout_s``) bounds the wait for the first
+      chunk;
+    * ``timeout_s`` is the attempt's overall deadline: the whole stream, first token
+      included, must be finished ``timeout_s`` after the request was sent.
+    Time the caller spends between chunks (rendering, editing a message) counts too:
+    the deadline is wall-clock.
+
+When every backend failed, ``LLMError`` is raised (``LLMTimeout`` when the last
+failure was a timeout) whose message lists each backend's last failure. Any other
+exception (a bug, cancellation) propagates at once. Closing the stream early
+(``aclose()``), or cancelling its consumer, closes the backend's stream immediately.
+
+``stream()`` returns an :class:`LLMStream`, whose ``backend`` names the backend that
+answered; ``stats()`` gives per-backend health for a status page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from engine.errors import BackendUnavailable, LLMError, LLMTimeout
+from engine.events import ChatMessage
+from engine.ports import LLM
+
+logger = logging.getLogger(__name__)
+
+_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+SleepFn = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """A snapshot of one backend's health, for a status page."""
+
+    name: str
+    attempts: int = 0
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    """Failed attempts since the last stream that produced a chunk."""
+    last_error: str | None = None
+    last_error_at: float | None = None
+    """Unix time of the last failure."""
+    last_success_at: float | None = None
+    """Unix time of the last stream that produced a chunk."""
+
+
+class _Health:
+    __slots__ = (
+        "attempts",
+        "consecutive_failures",
+        "failed_last_call",
+        "failures",
+        "last_error",
+        "last_error_at",
+        "last_success_at",
+        "successes",
+    )
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.successes = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.failed_last_call = False
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_success_at: float | None = None
+
+    def failed(self, error: str) -> None:
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = error
+        self.last_error_at = time.time()
+
+    def succeeded(self) -> None:
+        self.successes += 1
+        self.consecutive_failures = 0
+        self.failed_last_call = False
+        self.last_success_at = time.time()
+
+
+def _describe(exc: BaseException) -> str:
+    """``"LLMTimeout: no first token within 5s"`` — short, one line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _retry_same_backend(exc: Exception) -> bool:
+    if isinstance(exc, LLMTimeout):
+        return False
+    status = exc.status if isinstance(exc, LLMError) else None
+    return not (isinstance(status, int) and 400 <= status < 500 and status not in _RETRYABLE_4XX)
+
+
+class LLMStream:
+    """What :meth:`ResilientLLM.stream` returns: an async iterator of text chunks that also
+    says which backend produced them. ``backend`` is set when the first chunk arrives;
+    unlike ``ResilientLLM.last_backend`` it is not shared between concurrent replies."""
+
+    __slots__ = ("_chunks", "backend")
+
+    def __init__(self) -> None:
+        self.backend: str | None = None
+        self._chunks: AsyncGenerator[str, None] | None = None
+
+    def __aiter__(self) -> LLMStream:
+        return self
+
+    async def __anext__(self) -> str:
+        assert self._chunks is not None
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the reply early: closes the backend's stream now."""
+        if self._chunks is not None:
+            await self._chunks.aclose()
+
+
+class ResilientLLM:
+    """An :class:`engine.ports.LLM` that tries ``backends`` in order, with retries."""
+
+    def __init__(
+        self,
+        backends: Sequence[LLM],
+        *,
+        timeout_s: float,
+        first_token_timeout_s: float | None = None,
+        max_retries: int = 2,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        sleep: SleepFn = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if not backends:
+            raise ValueError("ResilientLLM needs at least one backend")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._backends = list(backends)
+        self._timeout_s = timeout_s
+        self._first_token_timeout_s = min(first_token_timeout_s or timeout_s, timeout_s)
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._jitter = jitter
+        self._health = [_Health() for _ in self._backends]
+        self.last_backend: str | None = None
+        """Name of the backend that produced the latest reply (shared by concurrent replies:
+        prefer the ``backend`` of the stream returned by :meth:`stream`)."""
+
+    # --- port -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return " > ".join(b.name for b in self._backends)
+
+    @property
+    def backends(self) -> tuple[LLM, ...]:
+        return tuple(self._backends)
+
+    async def start(self) -> None:
+        started: list[LLM] = []
+        try:
+            for backend in self._backends:
+                await backend.start()
+                started.append(backend)
+        except BaseException:
+            for backend in reversed(started):
+                await backend.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        for backend in reversed(self._backends):
+            await backend.aclose()
+
+    async def ping(self) -> None:
+        """Succeeds when at least one backend answers its ping."""
+        failures: list[str] = []
+        for backend in self._backends:
+            try:
+                await backend.ping()
+            except (BackendUnavailable, LLMError) as exc:
+                failures.append(f"{backend.name}: {_describe(exc)}")
+            else:
+                return
+        raise BackendUnavailable("LLM", "; ".join(failures))
+
+    def stats(self) -> list[BackendStats]:
+        """One snapshot per backend, in fallback order."""
+        return [
+            BackendStats(
+                name=b.name,
+                attempts=h.attempts,
+                successes=h.successes,
+                failures=h.failures,
+                consecutive_failures=h.consecutive_failures,
+                last_error=h.last_error,
+                last_error_at=h.last_error_at,
+                last_success_at=h.last_success_at,
+            )
+            for b, h in zip(self._backends, self._health, strict=True)
+        ]
+
+    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float) -> LLMStream:
+        """The reply's text chunks; the returned stream's ``backend`` names who produced it."""
+        handle = LLMStream()
+        handle._chunks = self._stream(messages, max_tokens, temperature, handle)
+        return handle
+
+    async def _stream(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, handle: LLMStream
+    ) -> AsyncGenerator[str, None]:
+        failures: list[str] = []
+        last_exc: Exception | None = None
+        last_index = len(self._backends) - 1
+        for index, (backend, health) in enumerate(zip(self._backends, self._health, strict=True)):
+            probe_only = health.failed_last_call and index < last_index
+            attempts = 1 if probe_only else self._max_retries + 1
+            for attempt in range(attempts):
+                if attempt:
+                    await self._sleep(self._backoff(attempt - 1))
+                health.attempts += 1
+                produced = False
+                chunks = self._attempt(backend, messages, max_tokens, temperature)
+                try:
+                    async for chunk in chunks:
+                        if not produced:
+                            produced = True
+                            health.succeeded()
+                            self.last_backend = handle.backend = backend.name
+                        yield chunk
+                except (LLMError, BackendUnavailable) as exc:
+                    if produced:
+                        health.failed(_describe(exc))
+                        logger.warning("LLM %s failed mid-stream: %s", backend.name, _describe(exc))
+                        if isinstance(exc, LLMError):
+                            raise
+                        raise LLMError(f"{backend.name} failed mid-stream: {_describe(exc)}") from exc
+                    health.failed(_describe(exc))
+                    last_exc = exc
+                    logger.warning(
+                        "LLM %s attempt %d/%d failed: %s", backend.name, attempt + 1, attempts, _describe(exc)
+                    )
+                    if not _retry_same_backend(exc):
+                        break
+                    continue
+                finally:
+                    # Close the attempt now (not whenever the loop's finalizer gets to it),
+                    # so an abandoned or cancelled stream stops its backend promptly.
+                    await chunks.aclose()
+                if not produced:
+                    # An empty reply is a valid stream: count it as a success.
+                    health.succeeded()
+                    self.last_backend = handle.backend = backend.name
+                return
+            health.failed_last_call = True
+            failures.append(f"{backend.name}: {_describe(last_exc) if last_exc else 'failed'}")
+        summary = "all LLM backends failed: " + "; ".join(failures)
+        if isinstance(last_exc, LLMTimeout):
+            raise LLMTimeout(summary) from last_exc
+        raise LLMError(summary) from last_exc
+
+    # --- internals --------------------------------------------------------------------
+
+    def _backoff(self, retry: int) -> float:
+        """Exponential backoff with "equal jitter": half fixed, half random."""
+        base = min(self._backoff_max_s, self._backoff_s * (1 << retry))
+        return base / 2 + base / 2 * self._jitter()
+
+    async def _attempt(
+        self, backend: LLM, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+    ) -> AsyncGenerator[str, None]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._timeout_s
+        first_deadline = started + self._first_token_timeout_s
+        iterator = aiter(backend.stream(messages, max_tokens=max_tokens, temperature=temperature))
+        first = True
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(first_deadline if first else deadline):
+                        chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    if first:
+                        raise LLMTimeout(
+                            f"{backend.name}: no first token within {self._first_token_timeout_s:g}s"
+                        ) from exc
+                    raise LLMTimeout(
+                        f"{backend.name}: reply not finished within {self._timeout_s:g}s"
+                    ) from exc
+                first = False
+                yield chunk
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()

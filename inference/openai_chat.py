@@ -1,0 +1,162 @@
+"""The ``LLM`` port over any OpenAI-compatible chat API, with the official ``openai`` SDK.
+
+Streams ``POST {base_url}/chat/completions``. The SDK's own retries are disabled
+(``max_retries=0``): retrying and falling back is ``engine.llm.ResilientLLM``'s job.
+SDK errors are converted here: connection failures → ``BackendUnavailable`` (check
+``OPENAI_BASE_URL``), timeouts → ``LLMTimeout``, HTTP errors → ``LLMError`` with ``status``.
+The API key is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import cast
+
+import openai
+from openai import AsyncOpenAI, omit
+from openai.types.chat import ChatCompletionMessageParam
+
+from config.urls import redact_url
+from engine.errors import BackendUnavailable, ConfigError, LLMError, LLMTimeout
+from engine.events import ChatMessage
+from inference import llm_error
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_API = "https://api.openai.com/v1"
+
+
+class OpenAIChat:
+    """An OpenAI (or compatible: vLLM, LM Studio, llama.cpp server, ...) chat model."""
+
+    def __init__(self, base_url: str | None, api_key: str, model: str, timeout_s: float) -> None:
+        self._base_url = base_url.rstrip("/") if base_url else None
+        self._api_key = api_key
+        self._model = model
+        self._timeout_s = timeout_s
+        self._client: AsyncOpenAI | None = None
+        # The official API wants ``max_completion_tokens`` (``max_tokens`` is refused by its
+        # reasoning models); compatible servers commonly know only ``max_tokens``.
+        self._official = self._base_url is None or self._base_url.startswith("https://api.openai.com")
+
+    def __repr__(self) -> str:
+        return f"OpenAIChat(base_url={self._where!r}, model={self._model!r})"
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self._model}"
+
+    @property
+    def _where(self) -> str:
+        return redact_url(self._base_url or OFFICIAL_API)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        if not self._api_key:
+            raise ConfigError("the OpenAI API needs an API key", variable="OPENAI_API_KEY")
+        try:
+            self._client = AsyncOpenAI(
+                base_url=self._base_url,
+                api_key=self._api_key,
+                timeout=self._timeout_s,
+                max_retries=0,
+            )
+        except openai.OpenAIError as exc:
+            raise ConfigError(
+                f"cannot configure the OpenAI client: {exc}", variable="OPENAI_BASE_URL"
+            ) from exc
+        logger.info("OpenAI chat backend: %s at %s", self._model, self._where)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def ping(self) -> None:
+        """Lists the models: checks the address and the key with one cheap request."""
+        client = self._require_client()
+        try:
+            await client.models.list()
+        except openai.APIStatusError as exc:
+            variable = "OPENAI_API_KEY" if exc.status_code in (401, 403) else "OPENAI_BASE_URL"
+            raise BackendUnavailable(
+                f"OpenAI API at {self._where}",
+                f"HTTP {exc.status_code}: {self._message(exc)}",
+                variable=variable,
+            ) from exc
+        except openai.APIError as exc:
+            raise BackendUnavailable(
+                f"OpenAI API at {self._where}", self._message(exc), variable="OPENAI_BASE_URL"
+            ) from exc
+
+    # --- the port -----------------------------------------------------------------------
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> AsyncGenerator[str, None]:
+        client = self._require_client()
+        payload = cast(
+            "list[ChatCompletionMessageParam]", [{"role": m.role, "content": m.content} for m in messages]
+        )
+        produced = False
+        try:
+            response = await client.chat.completions.create(
+                model=self._model,
+                messages=payload,
+                temperature=temperature,
+                stream=True,
+                max_tokens=omit if self._official else max_tokens,
+                max_completion_tokens=max_tokens if self._official else omit,
+            )
+            try:
+                async for chunk in response:
+                    for choice in chunk.choices:
+                        text = choice.delta.content if choice.delta is not None else None
+                        if text:
+                            produced = True
+                            yield text
+            finally:
+                await response.close()
+        except openai.APIError as exc:
+            raise self._convert(exc, produced) from exc
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _message(self, exc: openai.APIError) -> str:
+        return _describe(exc, self._api_key)
+
+    def _require_client(self) -> AsyncOpenAI:
+        if self._client is None:
+            raise LLMError(f"{self.name} is not started")
+        return self._client
+
+    def _convert(self, exc: openai.APIError, produced: bool) -> Exception:
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMTimeout(f"{self.name}: no answer from {self._where} within {self._timeout_s:g}s")
+        if isinstance(exc, openai.APIConnectionError):
+            if produced:
+                return LLMError(f"{self.name}: connection to {self._where} lost mid-reply")
+            return BackendUnavailable(
+                f"OpenAI API at {self._where}", self._message(exc), variable="OPENAI_BASE_URL"
+            )
+        if isinstance(exc, openai.APIStatusError):
+            hint = " (check OPENAI_API_KEY)" if exc.status_code in (401, 403) else ""
+            return llm_error(
+                f"{self.name}: HTTP {exc.status_code}: {self._message(exc)}{hint}", status=exc.status_code
+            )
+        return LLMError(f"{self.name}: {self._message(exc)}")
+
+
+def _describe(exc: openai.APIError, secret: str) -> str:
+    """The error's message (with its cause when the SDK's own text is generic), never the key."""
+    text = exc.message if isinstance(exc.message, str) else str(exc)
+    cause = exc.__cause__
+    if isinstance(exc, openai.APIConnectionError) and cause is not None and str(cause):
+        text = f"{text} ({type(cause).__name__}: {cause})"
+    if len(secret) >= 4:
+        text = text.replace(secret, "***")
+    return text
