@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from config.settings import LLMBackendName, Settings
+from config.urls import redact_url
 from engine.errors import BackendUnavailable, ConfigError
 from engine.health import ComponentHealth, probe
 from engine.llm import ResilientLLM
@@ -73,16 +74,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:secret@host`` → ``scheme://user:***@host``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
 
 
 async def choose_llm_backends(settings: Settings) -> list[LLMBackendName]:
@@ -184,12 +175,7 @@ def make_vectors(settings: Settings) -> tuple[VectorMemory, str]:
 @contextlib.asynccontextmanager
 async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterator[App]:
     """Start every component for ``settings``; close them all on exit, newest first."""
-    if (
-        with_web
-        and settings.web_enabled
-        and settings.api_token is None
-        and not is_loopback(settings.web_host)
-    ):
+    if settings.web_enabled and settings.api_token is None and not is_loopback(settings.web_host):
         raise ConfigError(
             f"the REST API would be open to the network on {settings.web_host} without a token",
             variable="API_TOKEN",

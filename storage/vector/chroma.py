@@ -43,6 +43,7 @@ from chromadb.api.types import Include
 from chromadb.config import Settings
 from chromadb.errors import ChromaError, NotFoundError
 
+from config.urls import redact_url
 from engine.errors import BackendUnavailable, ConfigError, StorageError
 from engine.ports import MetadataValue, Vector, VectorHit, VectorItem
 
@@ -63,21 +64,6 @@ def collection_name(scope: str, prefix: str = "we") -> str:
     """The Chroma collection that holds ``scope``: ``<prefix>-<40 hex digits>``."""
     digest = hashlib.sha256(scope.encode("utf-8")).hexdigest()[:40]
     return f"{prefix}-{digest}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparseable URL>"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}{port}"))
 
 
 def _settings() -> Settings:

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from config.urls import redact_url
 from engine.errors import BackendUnavailable, StorageError
 from engine.ports import Cache
 from storage.cache.memory import MemoryCache
-from storage.cache.redis import RedisCache, glob_escape, redact_url
+from storage.cache.redis import RedisCache, glob_escape
 from tests.conftest import require_redis
 
 SHORT_TTL = 0.2
