@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a complete reply.")
     llm_max_retries: int = Field(2, ge=0, le=10, description="Retries per backend before falling back.")
     llm_max_tokens: int = Field(256, gt=0, description="Longest reply, in tokens.")
-    llm_temperature: float = Field(0.7, ge=0, le=2)
+    llm_temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of replies.")
     context_token_budget: int = Field(2048, ge=256, description="Prompt + reply token budget.")
 
     # --- behaviour -------------------------------------------------------------------
@@ -72,14 +72,58 @@ class Settings(BaseSettings):
     memory_min_similarity: float = Field(0.25, ge=-1, le=1, description="Weakest recall still used.")
     memory_queue_size: int = Field(1000, ge=1, description="Bound of the background memory-write queue.")
     rate_limit_messages: int = Field(10, ge=0, description="Messages per user per window; 0 = no limit.")
-    rate_limit_window_s: float = Field(60.0, gt=0)
+    rate_limit_window_s: float = Field(60.0, gt=0, description="Length of the rate-limit window, in seconds.")
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message.")
 
     # --- front ends ----------------------------------------------------------------------
     web_enabled: bool = Field(True, description="Serve the web chat and REST API.")
     web_host: str = Field("127.0.0.1", description="Address of the web chat and REST API.")
-    web_port: int = Field(8080, ge=0, le=65535)
+    web_port: int = Field(8080, ge=0, le=65535, description="Port of the web chat and REST API.")
     api_token: SecretStr | None = Field(None, description="Bearer token the REST API requires when set.")
+
+    # --- discord ---------------------------------------------------------------------------
+    discord_token: SecretStr | None = Field(None, description="Discord bot token; Discord starts when set.")
+    discord_guild_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Sync slash commands to these servers only (instant; for development), comma-separated.",
+    )
+    discord_api_base_url: str = Field(
+        "https://discord.com/api/v10", description="Discord REST API base URL (a fake server in tests)."
+    )
+    discord_gateway_url: str | None = Field(
+        None, description="Discord gateway websocket URL; default: the one Discord announces."
+    )
+    discord_shard_count: int | None = Field(
+        None, ge=1, description="Total shards of the bot, over all processes."
+    )
+    discord_shard_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Shards this process owns (comma-separated); default: all of DISCORD_SHARD_COUNT.",
+    )
+    discord_ignore_bots: bool = Field(True, description="Ignore messages written by other bots.")
+    discord_admin_role: str | None = Field(
+        None, description="Role (name or id) allowed to run admin commands besides Manage Server."
+    )
+    discord_thread_mode: Literal["off", "auto", "always"] = Field(
+        "off",
+        description="off: answer in the channel; auto: move long replies into a thread; "
+        "always: open a thread for each new exchange. Per server with /config.",
+    )
+    discord_edit_interval_s: float = Field(
+        1.0, ge=0.2, le=30, description="Least time between two edits of a streaming reply."
+    )
+    discord_sync_commands: bool = Field(True, description="Register slash commands with Discord on start.")
+
+    @field_validator("discord_guild_ids", "discord_shard_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    # --- end discord -----------------------------------------------------------------------
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
@@ -106,5 +150,6 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction and the secret-leak test."""
-        values = [s.get_secret_value() for s in (self.openai_api_key, self.api_token) if s is not None]
+        configured = (self.openai_api_key, self.api_token, self.discord_token)  # discord: discord_token
+        values = [s.get_secret_value() for s in configured if s is not None]
         return [v for v in values if v]

@@ -1,0 +1,209 @@
+"""The ``whisperengine`` command as a user runs it: a real process, real backends, no network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_redis
+from tests.fakes.llm_server import FakeLLMServer
+
+pytestmark = pytest.mark.slow
+
+EXE = str(Path(sys.executable).with_name("whisperengine"))
+SECRET_KEY = "sk-test-Zq8v3Lr9Xy2Wm5Kp"
+SECRET_TOKEN = "api-token-Hn4Bt7Vc1Qd6"
+
+
+def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "CI")}
+    return {**keep, "DATA_DIR": str(tmp_path / "data"), "WEB_ENABLED": "false", **extra}
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], stdin: str = "", timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    # run where a stray .env of the developer's cannot change the settings
+    cwd = Path(env["DATA_DIR"]).parent
+    return subprocess.run(
+        [EXE, *args],
+        check=False,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_chat_answers_with_the_bundled_llama_cpp_model_offline(tmp_path: Path) -> None:
+    env = base_env(tmp_path, LLM_BACKEND="llamacpp", LLM_MAX_TOKENS="24", OLLAMA_HOST="http://127.0.0.1:1")
+    result = run_cli(["chat", "--user", "tester"], env, stdin="Hello! Who are you?\n/quit\n")
+    assert result.returncode == 0, result.stderr
+    reply = result.stdout.split("bot> ", 1)[1].strip()
+    assert len(reply) > 0
+    assert "Traceback" not in result.stderr
+    # the exchange was persisted in the embedded SQLite database
+    assert (tmp_path / "data" / "whisperengine.db").is_file()
+
+
+def test_auto_picks_llama_cpp_when_nothing_else_is_configured(tmp_path: Path) -> None:
+    env = base_env(tmp_path, OLLAMA_HOST="http://127.0.0.1:1")
+    result = run_cli(["doctor"], env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "store     sqlite" in out
+    assert "cache     in-process" in out
+    assert "vectors   chroma embedded" in out
+    assert "llm       llamacpp:" in out
+    assert "overall: ok" in out
+
+
+def test_unreachable_postgres_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    env = base_env(tmp_path, DATABASE_URL="postgresql://bot:hunter2secret@127.0.0.1:1/whisper")
+    result = run_cli(["doctor"], env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0] and "PostgreSQL" in lines[0]
+    assert "hunter2secret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_chroma_server_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    env = base_env(tmp_path, CHROMA_URL="http://127.0.0.1:1", OLLAMA_HOST="http://127.0.0.1:1")
+    result = run_cli(["doctor"], env)
+    assert result.returncode == 2
+    assert "CHROMA_URL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_unreachable_redis_falls_back_to_the_in_process_cache(tmp_path: Path) -> None:
+    env = base_env(tmp_path, REDIS_URL="redis://:pw-Xk29@127.0.0.1:1/0", OLLAMA_HOST="http://127.0.0.1:1")
+    result = run_cli(["doctor"], env)
+    assert result.returncode == 0, result.stderr
+    assert "cache     in-process" in result.stdout
+    assert "falling back to the in-process cache" in result.stdout
+    assert "cache     degraded" in result.stdout
+    assert "pw-Xk29" not in result.stdout + result.stderr
+
+
+def test_doctor_reports_redis_when_it_is_there(tmp_path: Path) -> None:
+    url = require_redis()
+    env = base_env(tmp_path, REDIS_URL=url, REDIS_PREFIX="we-doctor-test:", OLLAMA_HOST="http://127.0.0.1:1")
+    result = run_cli(["doctor"], env)
+    assert result.returncode == 0, result.stderr
+    assert "cache     redis" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "variable"),
+    [
+        ({"WEB_PORT": "not-a-port"}, "WEB_PORT"),
+        ({"LLM_BACKEND": "gpt5"}, "LLM_BACKEND"),
+        ({"WEB_ENABLED": "true", "WEB_HOST": "0.0.0.0"}, "API_TOKEN"),
+        ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
+        (
+            {"LLM_BACKEND": "llamacpp", "LLAMACPP_MODEL_PATH": "/nonexistent/model.gguf"},
+            "LLAMACPP_MODEL_PATH",
+        ),
+    ],
+)
+def test_bad_settings_are_one_line_naming_the_variable(
+    tmp_path: Path, extra: dict[str, str], variable: str
+) -> None:
+    result = run_cli(["doctor"], base_env(tmp_path, OLLAMA_HOST="http://127.0.0.1:1", **extra))
+    assert result.returncode == 2
+    assert variable in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[str]:
+    """A fake OpenAI-compatible server in its own thread (the CLI runs in another process)."""
+    import asyncio
+    import threading
+
+    ready: dict[str, str] = {}
+    stop = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            async with FakeLLMServer(reply="Hello from the fake model!") as server:
+                ready["url"] = server.url
+                await asyncio.to_thread(stop.wait)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if "url" in ready:
+            break
+        time.sleep(0.05)
+    yield ready["url"]
+    stop.set()
+    thread.join(10)
+
+
+def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
+    tmp_path: Path, fake_llm: str
+) -> None:
+    port = free_port()
+    env = base_env(
+        tmp_path,
+        WEB_ENABLED="true",
+        WEB_PORT=str(port),
+        OPENAI_API_KEY=SECRET_KEY,
+        OPENAI_BASE_URL=fake_llm + "/v1",
+        API_TOKEN=SECRET_TOKEN,
+        LOG_LEVEL="DEBUG",
+    )
+    (tmp_path / "data").mkdir()
+    proc = subprocess.Popen(
+        [EXE, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        health = None
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1) as response:
+                    health = json.load(response)
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.1)
+        assert health is not None and health["status"] == "ok"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/chat",
+            data=json.dumps({"message": "hi there, I like long walks by the river"}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {SECRET_TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.load(response)
+        assert body["reply"] == "Hello from the fake model!"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    logs = stdout + stderr
+    assert "shutting down" in logs
+    assert SECRET_KEY not in logs and SECRET_TOKEN not in logs
