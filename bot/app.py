@@ -194,9 +194,12 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
 
         from inference.minilm import MiniLMEmbedder
 
-        embedder = MiniLMEmbedder()
-        await embedder.start()
-        stack.push_async_callback(embedder.aclose)
+        # Two embedders, each with its own thread: a reply's query embedding never waits
+        # behind a batch the background memory writer is embedding.
+        embedder, write_embedder = MiniLMEmbedder(), MiniLMEmbedder()
+        for model in (embedder, write_embedder):
+            await model.start()
+            stack.push_async_callback(model.aclose)
 
         backends = [make_llm(name, settings) for name in await choose_llm_backends(settings)]
         llm = ResilientLLM(backends, timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
@@ -212,7 +215,7 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
             recall=MemoryRecall(
                 vectors, embedder, top_k=settings.memory_top_k, min_similarity=settings.memory_min_similarity
             ),
-            writer=MemoryWriter(store, vectors, embedder, queue_size=settings.memory_queue_size),
+            writer=MemoryWriter(store, vectors, write_embedder, queue_size=settings.memory_queue_size),
             config=EngineConfig(
                 budget=PromptBudget(
                     total_tokens=settings.context_token_budget, reply_tokens=settings.llm_max_tokens

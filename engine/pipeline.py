@@ -147,9 +147,12 @@ class Engine:
         )
         # History is read before this message is added to it.
         turns_task = asyncio.create_task(self._recent_turns(message.conversation_key, exclude_id=stored.id))
-        profile = await self._persist_user_message(message, stored)
-        memories, persona, turns = await asyncio.gather(
-            self._recall(message), self.personas.for_message(message), turns_task
+        # Stored before the LLM is called, alongside the context reads.
+        profile, memories, persona, turns = await asyncio.gather(
+            self._persist_user_message(message, stored),
+            self._recall(message),
+            self.personas.for_message(message),
+            turns_task,
         )
         emotion = self.emotion.detect(message.content)
         await self._remember_turn(

@@ -278,6 +278,7 @@ class SQLConversationStore:
         self._auto: AsyncEngine | None = None
         # An in-memory SQLite database is one shared connection: calls take turns on it.
         self._serial: asyncio.Lock | None = None
+        self._write_lock: asyncio.Lock | None = None
 
     @property
     def kind(self) -> DatabaseKind:
@@ -362,13 +363,21 @@ class SQLConversationStore:
         self._engine = engine
         if self._kind == "sqlite" and isinstance(engine.pool, StaticPool):
             self._serial = asyncio.Lock()
+        elif self._kind == "sqlite":
+            self._write_lock = asyncio.Lock()
         self._auto = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self._kind == "postgresql" else engine
         )
         logger.info("conversation store ready: %s", self._redacted)
 
     async def aclose(self) -> None:
-        engine, self._engine, self._auto, self._serial = self._engine, None, None, None
+        engine, self._engine, self._auto, self._serial, self._write_lock = (
+            self._engine,
+            None,
+            None,
+            None,
+            None,
+        )
         if engine is not None:
             await engine.dispose()
 
@@ -389,12 +398,20 @@ class SQLConversationStore:
         return detail
 
     @asynccontextmanager
-    async def _connect(self, operation: str, *, single: bool) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection with errors converted; ``single``: one statement (autocommit on PG)."""
+    async def _connect(
+        self, operation: str, *, single: bool, write: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection with errors converted; ``single``: one statement (autocommit on PG).
+
+        SQLite has one writer at a time. Writers of this process queue on an asyncio lock
+        instead of meeting SQLite's busy handler, which sleeps in steps of up to 100 ms.
+        """
         engine = self._auto if single else self._engine
         if engine is None:
             raise StorageError(f"{operation}: SQLConversationStore.start() has not been awaited")
-        turn: AbstractAsyncContextManager[Any] = self._serial or nullcontext()
+        turn: AbstractAsyncContextManager[Any] = self._serial or (
+            self._write_lock if write and self._write_lock is not None else nullcontext()
+        )
         try:
             async with turn, engine.connect() as conn:
                 yield conn
@@ -423,7 +440,7 @@ class SQLConversationStore:
             "last_seen": seen_at,
             "message_count": 1,
         }
-        async with self._connect("touch_user", single=True) as conn:
+        async with self._connect("touch_user", single=True, write=True) as conn:
             row = (await conn.execute(self._upserts.touch_user, params)).one()
             await conn.commit()
         return UserProfile(*row)
@@ -439,7 +456,7 @@ class SQLConversationStore:
         """Store one turn; writing the same ``id`` again changes nothing."""
         _require_aware(message.created_at, "created_at")
         params = {f.name: getattr(message, f.name) for f in fields(StoredMessage)}
-        async with self._connect("add_message", single=True) as conn:
+        async with self._connect("add_message", single=True, write=True) as conn:
             await conn.execute(self._upserts.add_message, params)
             await conn.commit()
 
@@ -487,7 +504,7 @@ class SQLConversationStore:
                     "use_count": 0,
                 }
             )
-        async with self._connect("add_memories", single=len(rows) == 1) as conn:
+        async with self._connect("add_memories", single=len(rows) == 1, write=True) as conn:
             await conn.execute(self._upserts.add_memories, rows)
             await conn.commit()
 
@@ -522,7 +539,7 @@ class SQLConversationStore:
         if not ids:
             return 0
         deleted = 0
-        async with self._connect("delete_memories", single=False) as conn:
+        async with self._connect("delete_memories", single=False, write=True) as conn:
             for chunk in _chunks(ids):
                 deleted += (
                     await conn.execute(_DELETE_MEMORIES, {"user_key": user_key, "ids": chunk})
@@ -538,12 +555,12 @@ class SQLConversationStore:
 
     async def set_setting(self, scope: str, key: str, value: JSONValue) -> None:
         params = {"scope": scope, "key": key, "value": value, "updated_at": datetime.now(UTC)}
-        async with self._connect("set_setting", single=True) as conn:
+        async with self._connect("set_setting", single=True, write=True) as conn:
             await conn.execute(self._upserts.set_setting, params)
             await conn.commit()
 
     async def delete_setting(self, scope: str, key: str) -> None:
-        async with self._connect("delete_setting", single=True) as conn:
+        async with self._connect("delete_setting", single=True, write=True) as conn:
             await conn.execute(_DELETE_SETTING, {"scope": scope, "key": key})
             await conn.commit()
 
@@ -556,7 +573,7 @@ class SQLConversationStore:
         user; settings go where the scope is the user_key. One transaction.
         """
         removed = 0
-        async with self._connect("forget_user", single=False) as conn:
+        async with self._connect("forget_user", single=False, write=True) as conn:
             for statement in _FORGET:
                 removed += (await conn.execute(statement, {"user_key": user_key})).rowcount
             await conn.commit()

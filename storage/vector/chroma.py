@@ -142,7 +142,8 @@ class ChromaVectorMemory:
             functools.partial(_open_embedded, directory),
             where=str(directory),
             remote=False,
-            workers=1,
+            # two threads: a query need not wait behind an upsert (which waits on fsync)
+            workers=2,
             collection_prefix=collection_prefix,
         )
 
