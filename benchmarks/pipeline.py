@@ -405,7 +405,7 @@ async def populate(spec: dict[str, Any]) -> dict[str, Any]:
                     record = MemoryRecord(
                         id=uuid.uuid4().hex,
                         user_key=key,
-                        text=memory_text(name, pool[pick], created),
+                        text=memory_text(name, pool[pick]),
                         created_at=created,
                         platform=PLATFORM,
                         channel_id=f"chan-{user_id}",

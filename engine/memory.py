@@ -6,9 +6,11 @@ in the vector metadata, so a recall is one embedding and one vector query.
 
 ``MemoryWriter`` owns a bounded queue and one worker task. After a reply the engine
 submits a :class:`TurnRecord`; the worker stores the assistant's turn, turns the user's
-message into a memory (speaker name and date kept in the text), embeds a whole batch of
-them at once and writes vectors and metadata. A full queue makes ``submit`` wait
-(back-pressure) rather than drop anything; ``aclose`` drains the queue before it stops.
+message into a memory (the speaker's name kept in the text; its time in the metadata) and
+writes vectors and metadata. The recall query is that same text, so its embedding,
+computed on the reply path anyway, is reused: the writer embeds only what has none.
+A full queue makes ``submit`` wait (back-pressure) rather than drop anything; ``aclose``
+drains the queue before it stops.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from engine.ports import (
     MemoryRecord,
     MetadataValue,
     StoredMessage,
+    Vector,
     VectorItem,
     VectorMemory,
 )
@@ -43,11 +46,13 @@ class TurnRecord:
 
     user_message: StoredMessage
     reply: StoredMessage | None
+    embedding: Vector | None = None
+    """The embedding of ``memory_text`` of the user's message, when recall computed it."""
 
 
-def memory_text(user_name: str, content: str, when: datetime) -> str:
-    """What is stored and embedded: who said it matters as much as what was said."""
-    return f"{user_name} ({when:%d %B %Y}): {content.strip()}"
+def memory_text(user_name: str, content: str) -> str:
+    """What is stored, embedded and queried: who said it matters as much as what was said."""
+    return f"{user_name}: {content.strip()}"
 
 
 def worth_remembering(content: str) -> bool:
@@ -91,10 +96,18 @@ class MemoryRecall:
         self.top_k = top_k
         self.min_similarity = min_similarity
 
+    async def embed(self, text: str) -> Vector:
+        [embedding] = await self._embedder.embed([text])
+        return embedding
+
     async def recall(self, user_key: str, text: str, k: int | None = None) -> list[MemoryHit]:
         if not text.strip():
             return []
-        [embedding] = await self._embedder.embed([text])
+        return await self.recall_by_vector(user_key, await self.embed(text), k)
+
+    async def recall_by_vector(
+        self, user_key: str, embedding: Vector, k: int | None = None
+    ) -> list[MemoryHit]:
         hits = await self._vectors.query(user_key, embedding, k or self.top_k)
         return [
             _hit(h.id, h.text, h.similarity, dict(h.metadata))
@@ -174,23 +187,23 @@ class MemoryWriter:
         for turn in batch:
             if turn.reply is not None:
                 await self._store.add_message(turn.reply)
+        remembered = [turn for turn in batch if worth_remembering(turn.user_message.content)]
         records = [
             MemoryRecord(
                 id=new_id(),
                 user_key=m.user_key,
-                text=memory_text(m.user_name, m.content, m.created_at),
+                text=memory_text(m.user_name, m.content),
                 created_at=m.created_at,
                 kind="message",
                 platform=m.platform,
                 channel_id=m.channel_id,
                 source_message_ids=(m.id,),
             )
-            for m in (r.user_message for r in batch)
-            if worth_remembering(m.content)
+            for m in (turn.user_message for turn in remembered)
         ]
         if not records:
             return
-        embeddings = await self._embedder.embed([r.text for r in records])
+        embeddings = await self._embeddings(records, [turn.embedding for turn in remembered])
         by_user: dict[str, list[VectorItem]] = {}
         for record, embedding in zip(records, embeddings, strict=True):
             by_user.setdefault(record.user_key, []).append(
@@ -199,3 +212,11 @@ class MemoryWriter:
         await self._store.add_memories(records)
         for user_key, items in by_user.items():
             await self._vectors.add(user_key, items)
+
+    async def _embeddings(
+        self, records: Sequence[MemoryRecord], known: Sequence[Vector | None]
+    ) -> list[Vector]:
+        """Reuse the embeddings computed on the reply path; embed the rest in one batch."""
+        missing = [i for i, vector in enumerate(known) if vector is None]
+        fresh = iter(await self._embedder.embed([records[i].text for i in missing]) if missing else [])
+        return [vector if vector is not None else next(fresh) for vector in known]

@@ -148,16 +148,23 @@ class PersonaSelector:
         self._store = store
         self._memo_ttl_s = memo_ttl_s
         self._memo: dict[str, tuple[float, str | None]] = {}
+        self._versions: dict[str, int] = {}
 
     async def _choice(self, scope: str) -> str | None:
         now = time.monotonic()
         hit = self._memo.get(scope)
         if hit is not None and hit[0] > now:
             return hit[1]
+        version = self._versions.get(scope, 0)
         value = await self._store.get_setting(scope, PERSONA_SETTING)
         name = value if isinstance(value, str) else None
-        self._memo[scope] = (now + self._memo_ttl_s, name)
+        if self._versions.get(scope, 0) == version:  # a set() meanwhile wins over this older read
+            self._memo[scope] = (now + self._memo_ttl_s, name)
         return name
+
+    def _remember(self, scope: str, name: str | None) -> None:
+        self._versions[scope] = self._versions.get(scope, 0) + 1
+        self._memo[scope] = (time.monotonic() + self._memo_ttl_s, name)
 
     async def for_message(self, message: UniversalMessage) -> Persona:
         scopes = [channel_scope(message.platform, message.channel_id)]
@@ -174,11 +181,11 @@ class PersonaSelector:
         """Choose ``name`` for the scope (``None`` clears it); raises ConfigError for unknown names."""
         if name is None:
             await self._store.delete_setting(scope, PERSONA_SETTING)
-            self._memo[scope] = (time.monotonic() + self._memo_ttl_s, None)
+            self._remember(scope, None)
             return None
         persona = self.library.get(name)
         if persona is None:
             raise ConfigError(f"unknown persona {name!r}; available: {', '.join(self.library.names())}")
         await self._store.set_setting(scope, PERSONA_SETTING, persona.name)
-        self._memo[scope] = (time.monotonic() + self._memo_ttl_s, persona.name)
+        self._remember(scope, persona.name)
         return persona

@@ -27,10 +27,10 @@ from typing import Any
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, LLMError, StorageError
 from engine.events import AIResponse, MemoryHit, ReplyKind, Timings, Turn, UniversalMessage, new_id, utcnow
-from engine.memory import MemoryRecall, MemoryWriter, TurnRecord
+from engine.memory import MemoryRecall, MemoryWriter, TurnRecord, memory_text
 from engine.middleware import Middleware, Next, RateLimiter, ignore_own_messages
 from engine.persona import PersonaSelector
-from engine.ports import LLM, Cache, ConversationStore, StoredMessage, UserProfile
+from engine.ports import LLM, Cache, ConversationStore, StoredMessage, UserProfile, Vector
 from engine.prompt import PromptBudget, build_prompt
 from engine.reply import ReplyStream
 
@@ -148,7 +148,7 @@ class Engine:
         # History is read before this message is added to it.
         turns_task = asyncio.create_task(self._recent_turns(message.conversation_key, exclude_id=stored.id))
         # Stored before the LLM is called, alongside the context reads.
-        profile, memories, persona, turns = await asyncio.gather(
+        profile, (memories, embedding), persona, turns = await asyncio.gather(
             self._persist_user_message(message, stored),
             self._recall(message),
             self.personas.for_message(message),
@@ -211,7 +211,7 @@ class Engine:
         await self._remember_turn(
             message.conversation_key, Turn("assistant", content, self.bot_name, reply.created_at)
         )
-        await self.writer.submit(TurnRecord(user_message=stored, reply=reply))
+        await self.writer.submit(TurnRecord(user_message=stored, reply=reply, embedding=embedding))
         ms = 1000.0
         yield AIResponse(
             content=content,
@@ -274,12 +274,16 @@ class Engine:
                 self.config.turns_ttl_s,
             )
 
-    async def _recall(self, message: UniversalMessage) -> list[MemoryHit]:
+    async def _recall(self, message: UniversalMessage) -> tuple[list[MemoryHit], Vector | None]:
+        """The user's memories relevant to the message, and the message's embedding."""
+        if not message.content.strip():
+            return [], None
         try:
-            return await self.recall.recall(message.user_key, message.content)
+            embedding = await self.recall.embed(memory_text(message.user_name, message.content))
+            return await self.recall.recall_by_vector(message.user_key, embedding), embedding
         except (StorageError, BackendUnavailable):
             logger.exception("memory recall failed for %s; answering without it", message.user_key)
-            return []
+            return [], None
 
     # --- a user's own data ----------------------------------------------------------
 

@@ -47,3 +47,33 @@ def test_invalid_persona_files_say_what_is_wrong(tmp_path: Path, text: str, comp
 def test_unknown_default_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="DEFAULT_PERSONA"):
         PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="nobody")
+
+
+async def test_a_choice_made_while_a_lookup_is_in_flight_is_not_overwritten() -> None:
+    import asyncio
+
+    from engine.persona import PersonaSelector
+
+    class SlowSettings:
+        """A settings store whose reads return the value from before the read was slow."""
+
+        def __init__(self) -> None:
+            self.value: str | None = None
+            self.release = asyncio.Event()
+
+        async def get_setting(self, scope: str, key: str) -> str | None:
+            value = self.value
+            await self.release.wait()
+            return value
+
+        async def set_setting(self, scope: str, key: str, value: str) -> None:
+            self.value = value
+
+    store = SlowSettings()
+    selector = PersonaSelector(PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember"), store)  # type: ignore[arg-type]
+    stale_read = asyncio.create_task(selector._choice("channel:test:c1"))
+    await asyncio.sleep(0)
+    await selector.set("channel:test:c1", "sage")
+    store.release.set()
+    assert await stale_read is None
+    assert await selector._choice("channel:test:c1") == "sage"
