@@ -8,6 +8,7 @@ the bundled model.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -125,6 +126,138 @@ class Settings(BaseSettings):
 
     # --- end discord -----------------------------------------------------------------------
 
+    # --- telegram --------------------------------------------------------------------------
+    telegram_token: SecretStr | None = Field(
+        None, description="Telegram bot token from @BotFather; Telegram starts when set."
+    )
+    telegram_api_base_url: str = Field(
+        "https://api.telegram.org/bot",
+        description="Bot API base URL; the token is appended (or put {token} where it goes).",
+    )
+    telegram_file_base_url: str = Field(
+        "https://api.telegram.org/file/bot",
+        description="Bot API file download base URL; the token is appended like TELEGRAM_API_BASE_URL.",
+    )
+    telegram_webhook_url: str | None = Field(
+        None,
+        description="Public HTTPS URL Telegram posts updates to; unset = long polling. Its path is "
+        "the route served on TELEGRAM_WEBHOOK_HOST:TELEGRAM_WEBHOOK_PORT.",
+    )
+    telegram_webhook_secret: SecretStr | None = Field(
+        None,
+        description="Secret Telegram sends in X-Telegram-Bot-Api-Secret-Token (A-Z a-z 0-9 _ -, "
+        "1-256 chars); unset = a random one per start.",
+    )
+    telegram_webhook_host: str = Field("127.0.0.1", description="Address the Telegram webhook listens on.")
+    telegram_webhook_port: int = Field(
+        8443, ge=0, le=65535, description="Port the Telegram webhook listens on."
+    )
+    telegram_edit_interval_s: float = Field(
+        1.0, ge=0.2, le=30, description="Least time between two edits of a streaming Telegram reply."
+    )
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _check_telegram_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    # --- end telegram ----------------------------------------------------------------------
+
+    # --- slack -----------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(
+        None, description="Slack bot token (xoxb-...); Slack starts when set."
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="Slack signing secret; required for the HTTP Events API (no SLACK_APP_TOKEN)."
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, description="Slack app-level token (xapp-...); when set, Slack connects over Socket Mode."
+    )
+    slack_api_base_url: str = Field(
+        "https://slack.com/api/", description="Slack Web API base URL (a fake server in tests)."
+    )
+    slack_events_host: str = Field("127.0.0.1", description="Address of the Slack Events API endpoint.")
+    slack_events_port: int = Field(3000, ge=0, le=65535, description="Port of the Slack Events API endpoint.")
+    slack_events_path: str = Field("/slack/events", description="Path of the Slack Events API endpoint.")
+    slack_edit_interval_s: float = Field(
+        1.0, ge=0.2, le=30, description="Least time between two edits of a streaming Slack reply."
+    )
+
+    # --- end slack -------------------------------------------------------------------------
+
+    # --- voice -----------------------------------------------------------------------------
+    stt_backend: Literal["auto", "faster-whisper", "openai", "off"] = Field(
+        "auto",
+        description="Speech-to-text for voice messages. auto: faster-whisper if installed, "
+        "else the OpenAI API if OPENAI_API_KEY is set, else off.",
+    )
+    whisper_model: str | None = Field(
+        None,
+        description="faster-whisper model: a name (tiny.en, base, small, large-v3...; downloaded on "
+        "first use) or a local CTranslate2 directory; default: the bundled tiny.en.",
+    )
+    whisper_device: str = Field("cpu", description="faster-whisper device: cpu, cuda or auto.")
+    whisper_compute_type: str = Field(
+        "int8", description="faster-whisper compute type: int8, int8_float16, float16 or float32."
+    )
+    whisper_threads: int = Field(
+        0, ge=0, description="CPU threads per transcription; 0 = CTranslate2's default."
+    )
+    whisper_beam_size: int = Field(1, ge=1, le=10, description="Beam size; 1 = greedy, the fastest.")
+    stt_language: str | None = Field(
+        None, description="Language of voice messages (ISO 639-1, e.g. en); unset = detect it."
+    )
+    openai_stt_model: str = Field(
+        "whisper-1", description="Transcription model of the OpenAI API (STT_BACKEND=openai)."
+    )
+    tts_backends: Annotated[list[Literal["piper", "espeak", "coqui", "openai", "off"]], NoDecode] = Field(
+        default=["piper", "espeak", "coqui", "openai"],
+        description="Text-to-speech engines in order of preference (comma-separated); those not "
+        "installed or configured are skipped. off (or empty) = no speech.",
+    )
+    tts_voice: str | None = Field(
+        None,
+        description="Voice when the persona names none: a Piper voice name or .onnx path, an "
+        "espeak-ng voice, or engine:voice (openai:nova); default: each engine's own default.",
+    )
+    piper_voice_dir: Path | None = Field(
+        None, description="Directory of Piper voices (NAME.onnx + NAME.onnx.json); default $DATA_DIR/voices."
+    )
+    espeak_binary: str = Field("espeak-ng", description="The espeak-ng program.")
+    espeak_voice: str = Field("en-us", description="espeak-ng's default voice.")
+    coqui_model: str | None = Field(
+        None,
+        description="Coqui TTS model: a name (tts_models/en/ljspeech/vits) or a local directory with "
+        "config.json and a .pth checkpoint; unset = Coqui is skipped.",
+    )
+    coqui_vocoder: str | None = Field(
+        None, description="Coqui vocoder (name or path) for spectrogram models; unset = Griffin-Lim."
+    )
+    openai_tts_model: str = Field("gpt-4o-mini-tts", description="Speech model of the OpenAI API.")
+    openai_tts_voice: str = Field("alloy", description="Default voice of the OpenAI speech API.")
+    voice_max_bytes: int = Field(
+        20_000_000, ge=1, description="Largest voice message or audio file accepted, in bytes."
+    )
+    voice_max_seconds: float = Field(300.0, gt=0, description="Longest voice message accepted, in seconds.")
+    tts_max_chars: int = Field(2000, ge=1, description="Longest text spoken in one voice reply.")
+    voice_workers: int = Field(
+        1, ge=1, le=16, description="Transcriptions (and syntheses) run at once, per engine."
+    )
+    voice_queue_size: int = Field(
+        8, ge=0, description="Voice jobs that may wait per engine; more are refused as busy."
+    )
+
+    @field_validator("tts_backends", mode="before")
+    @classmethod
+    def _split_tts_backends(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    # --- end voice -------------------------------------------------------------------------
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("llm_fallbacks", mode="before")
@@ -150,6 +283,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction and the secret-leak test."""
-        configured = (self.openai_api_key, self.api_token, self.discord_token)  # discord: discord_token
+        configured: tuple[SecretStr | None, ...] = (self.openai_api_key, self.api_token, self.discord_token)
+        configured += (self.telegram_token, self.telegram_webhook_secret)  # telegram
+        configured += (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token)  # slack
         values = [s.get_secret_value() for s in configured if s is not None]
         return [v for v in values if v]

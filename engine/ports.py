@@ -243,9 +243,51 @@ class Cache(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """What speech-to-text heard: the text, its language (ISO 639-1, when known), and how
+    long the audio was."""
+
+    text: str
+    language: str | None = None
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechAudio:
+    """Synthesised speech: a complete mono 16-bit PCM WAV file."""
+
+    wav: bytes
+    sample_rate: int
+    duration_s: float
+
+
 class SpeechToText(Protocol):
-    async def transcribe(self, audio: bytes, *, content_type: str) -> str: ...
+    """Transcribes one audio file (any common container; ``content_type`` is a hint).
+
+    Raises InputError for audio that is empty, corrupt, truncated, too large or too long
+    (with a message fit to show the user), BackendUnavailable when the service is down or busy.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def transcribe(self, audio: bytes, *, content_type: str = "") -> Transcript: ...
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class TextToSpeech(Protocol):
-    async def synthesize(self, text: str, *, voice: str | None = None) -> bytes: ...
+    """Speaks text in a voice (a persona's ``voice``; None: the configured default).
+
+    Raises InputError for empty or too long text, BackendUnavailable when no engine can speak.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> SpeechAudio: ...
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
