@@ -1,0 +1,105 @@
+"""Show a streaming reply on a chat platform: post at the first chunk, then paced edits.
+
+``StreamRenderer(sink, split=..., edit_interval_s=...).render(chunks)`` reads the engine's
+chunks and keeps the platform in step with the text so far:
+
+* the text is split with ``split`` (a platform's size limit); part ``i`` is shown by the
+  ``i``-th message the sink posted; a new part is posted as soon as it exists;
+* the platform is touched at most once per ``edit_interval_s`` while the reply streams;
+  the final text is always written, waiting out the interval when it needs an edit;
+* an edit that fails while streaming is retried at the next update; a final edit that
+  fails is replaced by a new message with that part's text, so nothing is lost.
+
+The sink is the only platform-specific piece: ``post(text)`` returns a handle for later
+``edit(handle, text)`` calls; both raise :class:`engine.errors.WhisperEngineError`
+subclasses (the adapter converts its SDK's exceptions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from engine.errors import WhisperEngineError
+
+logger = logging.getLogger(__name__)
+
+H = TypeVar("H")
+
+
+class MessageSink(Protocol[H]):
+    async def post(self, text: str) -> H: ...
+
+    async def edit(self, handle: H, text: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _Shown(Generic[H]):
+    text: str
+    handle: H
+
+
+class StreamRenderer(Generic[H]):
+    def __init__(
+        self, sink: MessageSink[H], *, split: Callable[[str], list[str]], edit_interval_s: float
+    ) -> None:
+        self._sink = sink
+        self._split = split
+        self._interval = edit_interval_s
+        self._shown: list[_Shown[H]] = []
+        self._next_at = 0.0
+        self.text = ""
+
+    @property
+    def handles(self) -> list[H]:
+        """The messages showing the reply, in order."""
+        return [shown.handle for shown in self._shown]
+
+    async def render(self, chunks: AsyncIterable[str]) -> list[H]:
+        """Show every chunk; returns the handles of the messages that show the whole reply."""
+        async for chunk in chunks:
+            self.text += chunk
+            if time.monotonic() >= self._next_at:
+                await self._sync(final=False)
+        await self._sync(final=True)
+        return self.handles
+
+    async def _sync(self, *, final: bool) -> None:
+        parts = [part for part in self._split(self.text) if part.strip()]
+        shown = self._shown
+        edits = [i for i, part in enumerate(parts[: len(shown)]) if part.strip() != shown[i].text.strip()]
+        if not edits and len(parts) <= len(self._shown):
+            return
+        wait = self._next_at - time.monotonic()
+        if edits and wait > 0:
+            if not final:
+                return
+            await asyncio.sleep(wait)
+        for i in edits:
+            await self._edit(i, parts[i], final=final)
+        for part in parts[len(self._shown) :]:
+            try:
+                handle = await self._sink.post(part)
+            except WhisperEngineError as exc:
+                if final:
+                    raise
+                logger.warning("could not post part %d of a reply (will retry): %s", len(self._shown), exc)
+                break
+            self._shown.append(_Shown(part, handle))
+        self._next_at = time.monotonic() + self._interval
+
+    async def _edit(self, i: int, text: str, *, final: bool) -> None:
+        shown = self._shown[i]
+        try:
+            await self._sink.edit(shown.handle, text)
+        except WhisperEngineError as exc:
+            if not final:
+                logger.warning("could not edit part %d of a reply (will retry): %s", i, exc)
+                return
+            logger.warning("could not edit part %d of a reply; posting it again: %s", i, exc)
+            shown.handle = await self._sink.post(text)
+        shown.text = text
