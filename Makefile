@@ -33,13 +33,16 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	scripts/ensure-chromium
+	scripts/ensure-espeak
 	$(BIN)/pytest
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.discord_e2e
+	$(BIN)/python -m benchmarks.voice
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

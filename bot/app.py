@@ -9,6 +9,9 @@ imported only when chosen.
     vectors  CHROMA_URL        Chroma server | embedded Chroma under DATA_DIR (default)
     embedder                   all-MiniLM-L6-v2, int8 ONNX, in process
     llm      LLM_BACKEND       auto | openai | ollama | llamacpp, then LLM_FALLBACKS in order
+
+``start_platforms(app, stack)`` then starts each platform whose token is set (Discord,
+Telegram, Slack) and, when one of them can carry voice, the speech engines.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from engine.llm import ResilientLLM
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
-from engine.ports import LLM, Cache, ConversationStore, Embedder, VectorMemory
+from engine.ports import LLM, Cache, ConversationStore, Embedder, SpeechToText, TextToSpeech, VectorMemory
 from engine.prompt import PromptBudget
 
 if TYPE_CHECKING:
@@ -261,3 +264,33 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
             await app.web.start()
             stack.push_async_callback(app.web.aclose)
         yield app
+
+
+async def start_platforms(app: App, stack: contextlib.AsyncExitStack) -> list[str]:
+    """Start every platform whose token is set, with the voice engines they use; their names."""
+    from adapters.slack import start_slack
+    from adapters.telegram import start_telegram
+    from bot.discord import start_discord
+
+    settings = app.settings
+    stt: SpeechToText | None = None
+    tts: TextToSpeech | None = None
+    if settings.discord_token is not None or settings.telegram_token is not None:
+        from voice import build_voice
+
+        stt, tts, notes = await build_voice(settings)
+        for speech in (stt, tts):
+            if speech is not None:
+                stack.push_async_callback(speech.aclose)
+        app.notes.extend(notes)
+    started = [
+        name
+        for name, adapter in (
+            ("discord", await start_discord(app, stack, stt=stt)),
+            ("telegram", await start_telegram(app, stack, stt=stt, tts=tts)),
+            ("slack", await start_slack(app, stack)),
+        )
+        if adapter is not None
+    ]
+    app.choices["platforms"] = ", ".join(started) or "none (web chat only)"
+    return started

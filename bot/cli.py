@@ -17,7 +17,7 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from bot.app import App, build_app
+from bot.app import App, build_app, start_platforms
 from bot.logs import configure_logging
 from config.settings import Settings
 from engine.errors import BackendUnavailable, ConfigError
@@ -46,7 +46,8 @@ async def _wait_for_stop() -> None:
 
 
 async def run(settings: Settings) -> int:
-    async with build_app(settings) as app:
+    async with build_app(settings) as app, contextlib.AsyncExitStack() as platforms:
+        await start_platforms(app, platforms)
         _print_choices(app, sys.stderr)
         if app.web is not None:
             logger.info("web chat on %s", app.web.url)
@@ -71,6 +72,21 @@ def _print_choices(app: App, out: TextIO) -> None:
         print(f"  note: {note}", file=out)
 
 
+async def _print_voice(settings: Settings) -> None:
+    """Which speech engines would serve voice messages, and why others were skipped."""
+    from voice import build_voice
+
+    stt, tts, notes = await build_voice(settings)
+    try:
+        print("voice")
+        for note in notes:
+            print(f"  {note}")
+    finally:
+        for speech in (stt, tts):
+            if speech is not None:
+                await speech.aclose()
+
+
 async def doctor(settings: Settings) -> int:
     print("WhisperEngine doctor")
     print(f"  data dir  {settings.data_dir.resolve()}")
@@ -83,7 +99,14 @@ async def doctor(settings: Settings) -> int:
             detail = f" — {item.detail}" if item.detail else ""
             print(f"  {item.name:<9} {item.status}{latency}{detail}")
         print(f"overall: {overall(health)}")
+        await _print_voice(settings)
         print(f"personas: {', '.join(app.engine.personas.library.names())}")
+        tokens = {
+            "discord": settings.discord_token,
+            "telegram": settings.telegram_token,
+            "slack": settings.slack_bot_token,
+        }
+        print(f"platforms: {', '.join(n for n, t in tokens.items() if t is not None) or 'none configured'}")
         web = f"http://{settings.web_host}:{settings.web_port}" if settings.web_enabled else "off"
         print(f"web: {web}")
         return 0 if all(h.status != "down" for h in health.values()) else 1
