@@ -65,7 +65,8 @@ class Script:
     """The fake LLM's replies: the first marker found in the user's message picks the reply."""
 
     def __init__(self) -> None:
-        self.replies = {"LONG5000": long_answer(), "mars": VOICE_REPLY}
+        # "weather", not "Mars": Whisper tiny sometimes hears Piper's "Mars" as "March"
+        self.replies = {"LONG5000": long_answer(), "weather": VOICE_REPLY}
 
     def __call__(self, messages: list[dict[str, Any]]) -> str:
         last = messages[-1]["content"].lower() if messages else ""

@@ -297,10 +297,10 @@ async def test_unexpected_errors_are_500_without_internals(
 class CacheFailingAfterTheReply(MemoryCache):
     """A cache that fails when the finished reply is added to the recent turns."""
 
-    async def push(self, key: str, value: str, max_len: int) -> None:
+    async def push(self, key: str, value: str, max_len: int, ttl_s: float | None = None) -> None:
         if value.startswith('["assistant"'):
             raise RuntimeError("redis at 10.0.0.7 went away")
-        await super().push(key, value, max_len)
+        await super().push(key, value, max_len, ttl_s)
 
 
 async def test_an_error_after_streaming_began_ends_the_stream_with_an_error_line(connect: Connect) -> None:
