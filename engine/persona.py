@@ -8,6 +8,8 @@ A persona file looks like::
       You are Ember, ...
     style: Short, warm sentences. Ask one question at a time.
     voice: en_US-joe-medium          # optional, for text-to-speech
+    voice_replies: true              # optional: also answer in speech where the platform
+                                     # can (Discord voice messages); default false
     examples:                        # optional example exchanges
       - user: I had a rough day.
         assistant: I'm sorry. Want to tell me what happened?
@@ -44,6 +46,8 @@ class Persona:
     style: str = ""
     voice: str | None = None
     examples: tuple[tuple[str, str], ...] = ()
+    voice_replies: bool = False
+    """Also speak each reply (in ``voice``) where the platform carries voice messages."""
 
     def system_text(self) -> str:
         """The persona's part of the system prompt: always sent, never trimmed."""
@@ -73,6 +77,13 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
             raise ConfigError(f"persona file {source}: each example needs 'user' and 'assistant'")
         examples.append((str(item["user"]), str(item["assistant"])))
     voice = data.get("voice")
+    voice_replies = data.get("voice_replies")
+    if voice_replies is None:  # absent, or an empty ``voice_replies:``
+        voice_replies = False
+    elif not isinstance(voice_replies, bool):
+        raise ConfigError(
+            f"persona file {source}: 'voice_replies' must be true or false, not {voice_replies!r}"
+        )
     return Persona(
         name=name.strip().lower(),
         system_prompt=prompt,
@@ -80,6 +91,7 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
         style=str(data.get("style") or ""),
         voice=str(voice) if voice else None,
         examples=tuple(examples),
+        voice_replies=voice_replies,
     )
 
 

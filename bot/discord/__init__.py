@@ -2,7 +2,8 @@
 
 ``start_discord(app, stack)`` is what ``whisperengine run`` calls: when ``DISCORD_TOKEN``
 is set it logs in, registers the slash commands, connects to the gateway in the
-background, and registers the disconnect on ``stack``. See ``client.py`` for behaviour.
+background, and registers the disconnect on ``stack``. ``stt`` transcribes voice messages;
+``tts`` speaks the replies of personas with ``voice_replies``. See ``client.py`` for behaviour.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from engine.ports import SpeechToText
+from engine.ports import SpeechToText, TextToSpeech
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -19,7 +20,11 @@ if TYPE_CHECKING:
 
 
 async def start_discord(
-    app: App, stack: contextlib.AsyncExitStack, *, stt: SpeechToText | None = None
+    app: App,
+    stack: contextlib.AsyncExitStack,
+    *,
+    stt: SpeechToText | None = None,
+    tts: TextToSpeech | None = None,
 ) -> DiscordAdapter | None:
     """Start the Discord adapter when a token is configured; None otherwise."""
     if app.settings.discord_token is None:
@@ -35,6 +40,7 @@ async def start_discord(
         health=app.health,
         choices=app.choices,
         stt=stt,
+        tts=tts,
     )
     await adapter.start()
     stack.push_async_callback(adapter.aclose)

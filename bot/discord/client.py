@@ -14,6 +14,13 @@ How it answers
     one error boundary: an unexpected failure is logged and the user gets a short apology,
     never silence.
 
+Voice replies
+    When the reply's persona has ``voice_replies: true`` and a ``TextToSpeech`` port is
+    configured, the complete text reply is followed by the same reply spoken in the
+    persona's ``voice``, posted as a Discord voice message (OGG/Opus, see
+    ``voicemessage.py``). Speech that fails (too long, no engine free) is logged and
+    skipped: the text reply always stands on its own.
+
 Threads (``DISCORD_THREAD_MODE``, or ``/config thread-mode`` per server)
     ``off``: answer in the channel. ``auto``: a reply longer than one message continues
     in a thread opened on it. ``always``: each new exchange in a channel opens a thread
@@ -42,10 +49,10 @@ import discord
 import yarl
 
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
-from engine.events import Attachment, ReplyKind, UniversalMessage
+from engine.events import AIResponse, Attachment, ReplyKind, UniversalMessage
 from engine.health import ComponentHealth, overall
 from engine.pipeline import APOLOGY, Engine
-from engine.ports import ConversationStore, SpeechToText, VectorMemory
+from engine.ports import ConversationStore, SpeechToText, TextToSpeech, VectorMemory
 
 from .commands import WhisperCommandTree
 from .config import DiscordConfig
@@ -59,6 +66,7 @@ from .translate import (
     to_attachment,
     to_universal,
 )
+from .voicemessage import send_spoken_reply
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +151,14 @@ class DiscordAdapter:
         health: HealthSource,
         choices: Mapping[str, str] | None = None,
         stt: SpeechToText | None = None,
+        tts: TextToSpeech | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
         self.store = store
         self.vectors = vectors
         self.stt = stt
+        self.tts = tts
         self.settings = DiscordSettings(store)
         self._health = health
         self._choices = dict(choices or {})
@@ -162,6 +172,7 @@ class DiscordAdapter:
         self._started_at = time.monotonic()
         self.synced_commands = 0
         self.answered = 0
+        self.spoken = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -233,6 +244,7 @@ class DiscordAdapter:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._client.close()
+        await _stop_ready_timers(self._client)
         if self._connection is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connection
@@ -336,7 +348,10 @@ class DiscordAdapter:
 
     def _remember_ours(self, messages: list[discord.Message]) -> None:
         for sent in messages:
-            self._our_messages[sent.id] = None
+            self._remember_id(sent.id)
+
+    def _remember_id(self, message_id: int) -> None:
+        self._our_messages[message_id] = None
         while len(self._our_messages) > REMEMBERED_REPLIES:
             self._our_messages.popitem(last=False)
 
@@ -475,6 +490,29 @@ class DiscordAdapter:
         if not renderer.messages and response.kind is not ReplyKind.IGNORED:
             # Nothing printable came back (only whitespace): never leave the user in silence.
             await target.send(APOLOGY)
+        elif renderer.messages and response.kind is ReplyKind.ANSWER:
+            await self._speak(response, renderer.messages[0], reference)
+
+    async def _speak(
+        self, response: AIResponse, first: discord.Message, reference: discord.Message | None
+    ) -> None:
+        """Follow the text reply with a voice message when its persona asks for one."""
+        persona = self.engine.personas.library.get(response.persona) if response.persona else None
+        if self.tts is None or persona is None or not persona.voice_replies:
+            return
+        from voice.audio import to_voice_note
+
+        try:
+            speech = await self.tts.synthesize(response.content, voice=persona.voice)
+            note = await to_voice_note(speech)
+        except WhisperEngineError as exc:
+            logger.warning("no voice reply for persona %s: %s", persona.name, exc)
+            return
+        channel = first.channel
+        sent = await send_spoken_reply(self.client, channel, channel.id, note, reference=reference)
+        if sent is not None:
+            self.spoken += 1
+            self._remember_id(sent)
 
     async def _open_thread(
         self, message: discord.Message, universal: UniversalMessage
@@ -538,6 +576,22 @@ class DiscordAdapter:
         degraded = [h.name for h in health.values() if h.status != "ok"]
         lines.append(f"Degraded: {', '.join(degraded) if degraded else 'none'}")
         return "\n".join(lines)
+
+
+async def _stop_ready_timers(client: discord.Client) -> None:
+    """Cancel discord.py's READY timers, which ``Client.close()`` leaves running.
+
+    After IDENTIFY, discord.py waits ``guild_ready_timeout`` past the last GUILD_CREATE in a
+    task of its own (one per shard, and one over them when sharded) before it dispatches
+    ``on_ready``; a client closed during that wait would otherwise keep the task alive and
+    then call ``on_ready`` on a closed client. (Private attributes: discord.py 2.7.)
+    """
+    state = getattr(client, "_connection", None)
+    timers = [getattr(state, "_ready_task", None), *getattr(state, "_ready_tasks", {}).values()]
+    running = [task for task in timers if isinstance(task, asyncio.Task) and not task.done()]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 def _thread_name(universal: UniversalMessage) -> str:

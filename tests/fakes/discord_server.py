@@ -29,12 +29,15 @@ REST (``/api/v10``)
     (``PUT /applications/{id}/commands`` and the guild variant), messages (create with JSON
     or multipart files, edit, get), typing, threads from a message or not, interaction
     callbacks and webhooks follow-ups, attachment downloads (``/attachments/...``). A
-    message the bot posts is also dispatched back as MESSAGE_CREATE, as Discord does.
+    message the bot posts is also dispatched back as MESSAGE_CREATE, as Discord does; its
+    ``flags`` are kept (8192: a voice message), and so are each uploaded attachment's
+    ``duration_secs`` and ``waveform``.
     Anything else answers 404 and is recorded in ``unknown``.
 
 Faults
     ``rate_limit_edits(n, retry_after)``: the next ``n`` message edits answer 429 with a
-    ``retry_after`` body and the headers Discord sends.
+    ``retry_after`` body and the headers Discord sends. ``refuse_voice_messages = True``:
+    voice messages answer 400 (code 50173), as in a channel that does not allow them.
 
 Records
     ``requests`` (every REST call, unless ``record=False``), ``messages`` (current state of
@@ -63,6 +66,8 @@ from aiohttp import BodyPartReader, WSMsgType, web
 DISCORD_EPOCH_MS = 1420070400000
 ALL_PERMISSIONS = (1 << 50) - 1
 MANAGE_GUILD = 1 << 5
+VOICE_MESSAGE = 1 << 13
+CONTENT_TYPES = {".json": "application/json", ".ogg": "audio/ogg"}
 MEMBER_PERMISSIONS = 0x0000_0000_0006_4C40 | (1 << 31) | (1 << 35) | (1 << 38)
 """View channel, send messages (and in threads), read history, attach files, use commands."""
 
@@ -151,6 +156,7 @@ class FakeDiscord:
         self.identify_payloads: list[Json] = []
         self._reply_waiters: dict[str, asyncio.Future[float]] = {}
         self._edit_faults: list[float] = []
+        self.refuse_voice_messages = False
         self._connections: list[_Connection] = []
         self._changed = asyncio.Condition()
         self._port = port
@@ -848,6 +854,8 @@ class FakeDiscord:
                 self.typing.append(channel_id)
                 return web.Response(status=204)
             case "POST", ["channels", channel_id, "messages"]:
+                if self.refuse_voice_messages and int(body.get("flags") or 0) & VOICE_MESSAGE:
+                    return self._error(400, "Cannot send voice messages in this channel", 50173)
                 return self._json(await self._bot_message(channel_id, body, call.files))
             case "GET", ["channels", _, "messages", message_id]:
                 if message_id not in self.messages:
@@ -912,21 +920,22 @@ class FakeDiscord:
         attachments = []
         described = {str(a.get("id")): a for a in payload.get("attachments") or []}
         for index, (filename, data) in enumerate(files):
-            name = described.get(str(index), {}).get("filename") or filename
+            entry = described.get(str(index), {})
+            name = entry.get("filename") or filename
             key = f"{message_id}/{name}"
             self.attachments[key] = data
-            attachments.append(
-                {
-                    "id": self._ids.next(),
-                    "filename": name,
-                    "size": len(data),
-                    "url": f"{self.url}/attachments/{key}",
-                    "proxy_url": f"{self.url}/attachments/{key}",
-                    "content_type": "application/json"
-                    if name.endswith(".json")
-                    else "application/octet-stream",
-                }
-            )
+            attachment = {
+                "id": self._ids.next(),
+                "filename": name,
+                "size": len(data),
+                "url": f"{self.url}/attachments/{key}",
+                "proxy_url": f"{self.url}/attachments/{key}",
+                "content_type": CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"),
+            }
+            for voice_field in ("duration_secs", "waveform"):
+                if voice_field in entry:
+                    attachment[voice_field] = entry[voice_field]
+            attachments.append(attachment)
         return attachments
 
     async def _bot_message(self, channel_id: str, body: Json, files: list[tuple[str, bytes]]) -> Json:
@@ -937,6 +946,7 @@ class FakeDiscord:
         )
         message["attachments"] = self._store_files(message["id"], body, files)
         message["components"] = body.get("components") or []
+        message["flags"] = int(body.get("flags") or 0)
         if "allowed_mentions" in body:
             message["_allowed_mentions"] = body["allowed_mentions"]
         self.messages[message["id"]] = message
@@ -1080,6 +1090,16 @@ class FakeDiscord:
 # --- WhisperEngine against the fakes ----------------------------------------------------------
 
 
+def discord_settings(discord_server: FakeDiscord) -> dict[str, Any]:
+    """The Settings values that point the Discord adapter at ``discord_server``."""
+    return {
+        "discord_token": discord_server.token,
+        "discord_api_base_url": discord_server.api_base,
+        "discord_gateway_url": discord_server.gateway_url,
+        "discord_edit_interval_s": 0.2,
+    }
+
+
 @contextlib.asynccontextmanager
 async def running_whisperengine(
     discord_server: FakeDiscord,
@@ -1105,10 +1125,7 @@ async def running_whisperengine(
         "llm_max_retries": 0,
         "data_dir": data_dir,
         "web_enabled": False,
-        "discord_token": discord_server.token,
-        "discord_api_base_url": discord_server.api_base,
-        "discord_gateway_url": discord_server.gateway_url,
-        "discord_edit_interval_s": 0.2,
+        **discord_settings(discord_server),
         **settings,
     }
     config = Settings(_env_file=None, **values)  # type: ignore[call-arg]

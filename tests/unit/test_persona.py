@@ -77,3 +77,24 @@ async def test_a_choice_made_while_a_lookup_is_in_flight_is_not_overwritten() ->
     store.release.set()
     assert await stale_read is None
     assert await selector._choice("channel:test:c1") == "sage"
+
+
+def test_voice_replies_is_an_optional_bool(tmp_path: Path) -> None:
+    (tmp_path / "echo.yaml").write_text(
+        "name: echo\nsystem_prompt: You are Echo.\nvoice: en-us\nvoice_replies: true\n"
+    )
+    (tmp_path / "quiet.yaml").write_text("name: quiet\nsystem_prompt: You are Quiet.\nvoice_replies:\n")
+    library = PersonaLibrary.from_dirs([PACKAGED_PERSONAS, tmp_path], default="ember")
+    echo, quiet = library.get("echo"), library.get("quiet")
+    assert echo is not None and echo.voice_replies and echo.voice == "en-us"
+    assert quiet is not None and not quiet.voice_replies
+    assert not library.default.voice_replies
+
+
+@pytest.mark.parametrize("value", ["'true'", "1", "[true]", "sometimes"])
+def test_voice_replies_must_be_true_or_false(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "loud.yaml"
+    path.write_text(f"name: loud\nsystem_prompt: You are Loud.\nvoice_replies: {value}\n")
+    with pytest.raises(ConfigError, match="voice_replies") as info:
+        load_persona_file(path)
+    assert str(path) in str(info.value)
