@@ -1,8 +1,13 @@
 """Long-term memory: recall on the reply path, writes in the background.
 
-``recall`` embeds the user's message and asks the vector store for that user's nearest
-memories (one partition per user, so it is never a filtered scan). Provenance travels
-in the vector metadata, so a recall is one embedding and one vector query.
+``MemoryRecall.search`` finds the user's memories for a message in two ways at once: the
+keyword index (``ConversationStore.keyword_search``: FTS5 BM25 | PostgreSQL ``ts_rank_cd``) is
+asked as soon as the message arrives, the vector store (one partition per user, so never a
+filtered scan) as soon as the message is embedded; :func:`fuse` merges the two candidate lists
+(each scaled by its best score, keyword weighted above dense; recency and importance as small
+extra terms). Without a keyword index, recall is dense only. Provenance travels in the vector
+metadata and the memory rows, so a recall is one embedding, one vector query and one keyword
+query. See ``engine/MEMORY_RECALL.md`` for the measurements behind the weights.
 
 ``MemoryWriter`` owns a bounded queue and one worker task. After a reply the engine
 submits a :class:`TurnRecord`; the worker stores the assistant's turn, turns the user's
@@ -19,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 from engine.errors import WhisperEngineError
 from engine.events import MemoryHit, new_id
@@ -31,6 +37,7 @@ from engine.ports import (
     MetadataValue,
     StoredMessage,
     Vector,
+    VectorHit,
     VectorItem,
     VectorMemory,
 )
@@ -85,35 +92,194 @@ def _hit(memory_id: str, text: str, similarity: float, meta: dict[str, MetadataV
     )
 
 
+class KeywordSearch(Protocol):
+    """Full-text search over a user's memories (``ConversationStore.keyword_search``)."""
+
+    async def keyword_search(self, user_key: str, query: str, k: int) -> list[tuple[MemoryRecord, float]]:
+        """The user's ``k`` best keyword matches for ``query``, best first; higher scores are better."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FusionWeights:
+    """How dense and keyword candidates are merged into one ranking.
+
+    Each list's scores are divided by that list's best score (so each lies in [0, 1], the best
+    match of each list at 1, a candidate missing from a list at 0), then
+
+        score = keyword * kw + dense * cos + recency * 0.5 ** (age / half_life) + importance * (imp - 0.5)
+
+    where age is counted back from the newest candidate (so a ranking never depends on the
+    wall clock). ``pool``: how many candidates each list contributes, as a multiple of ``k``.
+    """
+
+    keyword: float = 0.6
+    dense: float = 0.4
+    recency: float = 0.05
+    importance: float = 0.05
+    half_life_days: float = 30.0
+    pool: int = 4
+    min_pool: int = 20
+
+    def pool_size(self, k: int) -> int:
+        return max(k * self.pool, self.min_pool)
+
+
+@dataclass(slots=True)
+class _Candidate:
+    hit: MemoryHit
+    importance: float
+    dense: float = 0.0
+    keyword: float = 0.0
+
+
+def _scaled(scores: Sequence[float]) -> list[float]:
+    """Scores divided by the best one, floored at 0."""
+    best = max(scores, default=0.0)
+    return [max(score, 0.0) / best if best > 0 else 0.0 for score in scores]
+
+
+def fuse(
+    dense: Sequence[VectorHit],
+    keyword: Sequence[tuple[MemoryRecord, float]],
+    k: int,
+    weights: FusionWeights,
+) -> list[MemoryHit]:
+    """The ``k`` best of both candidate lists under ``weights``; each hit's score is its fused score."""
+    candidates: dict[str, _Candidate] = {}
+    for hit, scaled in zip(dense, _scaled([h.similarity for h in dense]), strict=True):
+        meta = dict(hit.metadata)
+        candidates[hit.id] = _Candidate(
+            _hit(hit.id, hit.text, hit.similarity, meta), _importance(meta.get("importance")), dense=scaled
+        )
+    for (record, _), scaled in zip(keyword, _scaled([score for _, score in keyword]), strict=True):
+        candidate = candidates.get(record.id)
+        if candidate is None:
+            candidate = candidates[record.id] = _Candidate(_record_hit(record), record.importance)
+        candidate.keyword = scaled
+    if not candidates:
+        return []
+    newest = max(c.hit.created_at for c in candidates.values())
+    half_life_s = weights.half_life_days * 86400.0
+
+    def score(c: _Candidate) -> float:
+        age_s = max((newest - c.hit.created_at).total_seconds(), 0.0)
+        return (
+            weights.keyword * c.keyword
+            + weights.dense * c.dense
+            + weights.recency * float(0.5 ** (age_s / half_life_s))
+            + weights.importance * (c.importance - 0.5)
+        )
+
+    ranked = sorted(candidates.values(), key=score, reverse=True)[:k]
+    return [replace(c.hit, score=score(c)) for c in ranked]
+
+
+def _importance(value: MetadataValue | None) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.5
+
+
+def _record_hit(record: MemoryRecord) -> MemoryHit:
+    return MemoryHit(
+        memory_id=record.id,
+        text=record.text,
+        score=0.0,
+        created_at=record.created_at,
+        platform=record.platform,
+        channel_id=record.channel_id,
+        source_message_ids=record.source_message_ids,
+    )
+
+
 class MemoryRecall:
-    """Finds a user's memories relevant to a message."""
+    """Finds a user's memories relevant to a message.
+
+    Dense only without ``keywords``. With it, hybrid: the vector store's nearest memories and
+    the keyword index's best matches, asked concurrently, merged by :func:`fuse`.
+    """
 
     def __init__(
-        self, vectors: VectorMemory, embedder: Embedder, *, top_k: int, min_similarity: float
+        self,
+        vectors: VectorMemory,
+        embedder: Embedder,
+        *,
+        top_k: int,
+        min_similarity: float,
+        keywords: KeywordSearch | None = None,
+        weights: FusionWeights | None = None,
     ) -> None:
         self._vectors = vectors
         self._embedder = embedder
+        self._keywords = keywords
         self.top_k = top_k
         self.min_similarity = min_similarity
+        self.weights = weights or FusionWeights()
 
     async def embed(self, text: str) -> Vector:
         [embedding] = await self._embedder.embed([text])
         return embedding
 
     async def recall(self, user_key: str, text: str, k: int | None = None) -> list[MemoryHit]:
+        """Memories relevant to ``text`` (embedded as it is)."""
+        hits, _ = await self.search(user_key, text, k=k)
+        return hits
+
+    async def search(
+        self, user_key: str, text: str, *, embed_text: str | None = None, k: int | None = None
+    ) -> tuple[list[MemoryHit], Vector | None]:
+        """Memories relevant to ``text``, and the embedding of ``embed_text`` (default ``text``).
+
+        The keyword search starts before the embedding is computed, and runs beside the vector
+        query; the embedding is returned so the writer can reuse it.
+        """
         if not text.strip():
-            return []
-        return await self.recall_by_vector(user_key, await self.embed(text), k)
+            return [], None
+        keyword_task = self._keyword_task(user_key, text, k)
+        try:
+            embedding = await self.embed(embed_text if embed_text is not None else text)
+        except BaseException:
+            if keyword_task is not None:
+                keyword_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WhisperEngineError):
+                    await keyword_task
+            raise
+        return await self._recall(user_key, embedding, k, keyword_task), embedding
 
     async def recall_by_vector(
-        self, user_key: str, embedding: Vector, k: int | None = None
+        self, user_key: str, embedding: Vector, k: int | None = None, *, text: str | None = None
     ) -> list[MemoryHit]:
-        hits = await self._vectors.query(user_key, embedding, k or self.top_k)
-        return [
-            _hit(h.id, h.text, h.similarity, dict(h.metadata))
-            for h in hits
-            if h.similarity >= self.min_similarity
-        ]
+        """Memories near ``embedding``; hybrid when ``text`` (the words to match) is given."""
+        keyword_task = self._keyword_task(user_key, text, k) if text and text.strip() else None
+        return await self._recall(user_key, embedding, k, keyword_task)
+
+    def _keyword_task(
+        self, user_key: str, text: str, k: int | None
+    ) -> asyncio.Task[list[tuple[MemoryRecord, float]]] | None:
+        if self._keywords is None:
+            return None
+        pool = self.weights.pool_size(k or self.top_k)
+        return asyncio.ensure_future(self._keywords.keyword_search(user_key, text, pool))
+
+    async def _recall(
+        self,
+        user_key: str,
+        embedding: Vector,
+        k: int | None,
+        keyword_task: asyncio.Future[list[tuple[MemoryRecord, float]]] | None,
+    ) -> list[MemoryHit]:
+        k = k or self.top_k
+        if keyword_task is None:
+            hits = await self._vectors.query(user_key, embedding, k)
+            return [
+                _hit(h.id, h.text, h.similarity, dict(h.metadata))
+                for h in hits
+                if h.similarity >= self.min_similarity
+            ]
+        dense, keyword = await asyncio.gather(
+            self._vectors.query(user_key, embedding, self.weights.pool_size(k)), keyword_task
+        )
+        dense = [h for h in dense if h.similarity >= self.min_similarity]
+        return fuse(dense, keyword, k, self.weights)
 
     async def forget(self, user_key: str) -> None:
         await self._vectors.drop_scope(user_key)

@@ -174,6 +174,13 @@ class ConversationStore(Protocol):
 
     async def delete_memories(self, user_key: str, ids: Sequence[str]) -> int: ...
 
+    async def keyword_search(self, user_key: str, query: str, k: int) -> list[tuple[MemoryRecord, float]]:
+        """The user's ``k`` best word matches for ``query``, best first (higher scores are better).
+
+        The query is plain text: no search syntax in it is ever interpreted.
+        """
+        ...
+
     async def get_setting(self, scope: str, key: str) -> JSONValue | None: ...
 
     async def set_setting(self, scope: str, key: str, value: JSONValue) -> None: ...

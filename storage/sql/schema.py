@@ -117,4 +117,45 @@ settings = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
-__all__ = ["NAMING_CONVENTION", "UTCDateTime", "memories", "messages", "metadata", "settings", "users"]
+# Keyword search over ``memories.text`` (migration 0002) lives outside this metadata because it
+# differs per dialect: SQLite has the FTS5 table ``memories_fts`` (plus FTS5's own shadow tables
+# ``memories_fts_*``) kept in step by triggers; PostgreSQL a stored generated ``tsvector`` column
+# ``memories.text_search`` with the GIN index ``ix_memories_text_search``. Schema comparisons
+# (Alembic autogenerate, the contract test) leave these objects out with ``include_object``.
+KEYWORD_SEARCH_TABLE = "memories_fts"
+KEYWORD_SEARCH_COLUMN = "text_search"
+KEYWORD_SEARCH_INDEX = "ix_memories_text_search"
+
+
+def is_keyword_search_object(name: str | None, type_: str) -> bool:
+    """Whether a reflected schema object belongs to the dialect-specific keyword search."""
+    if name is None:
+        return False
+    if type_ == "table":
+        return name == KEYWORD_SEARCH_TABLE or name.startswith(KEYWORD_SEARCH_TABLE + "_")
+    if type_ == "column":
+        return name == KEYWORD_SEARCH_COLUMN
+    if type_ == "index":
+        return name == KEYWORD_SEARCH_INDEX
+    return False
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic ``include_object`` hook: compare everything but the keyword-search objects."""
+    return not is_keyword_search_object(name, type_)
+
+
+__all__ = [
+    "KEYWORD_SEARCH_COLUMN",
+    "KEYWORD_SEARCH_INDEX",
+    "KEYWORD_SEARCH_TABLE",
+    "NAMING_CONVENTION",
+    "UTCDateTime",
+    "include_object",
+    "is_keyword_search_object",
+    "memories",
+    "messages",
+    "metadata",
+    "settings",
+    "users",
+]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import fields
@@ -201,6 +202,59 @@ _FORGET = (
     settings.delete().where(settings.c.scope == sa.bindparam("user_key")),
     users.delete().where(users.c.user_key == sa.bindparam("user_key")),
 )
+
+
+# --- keyword search ----------------------------------------------------------------------
+
+# Words too common to tell memories apart. Leaving them to BM25 costs recall and time (they match
+# most rows): see engine/MEMORY_RECALL.md.
+_STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further had
+    has have having he her here hers herself him himself his how i if in into is it its itself just
+    me more most my myself no nor not now of off on once only or other our ours ourselves out over
+    own same she should so some such than that the their theirs them themselves then there these they
+    this those through to too under until up very was we were what when where which while who whom
+    why will with would you your yours yourself yourselves s t d ll m re ve don didn doesn isn wasn"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_WORD = re.compile(r"\w+")
+_MAX_TERMS = 32
+
+
+def keyword_terms(query: str) -> list[str]:
+    """The distinct words of a free-text query, lowercased, stopwords dropped, first 32 kept.
+
+    Only runs of letters/digits survive, so no query syntax (quotes, ``-``, ``*``, ``:``,
+    parentheses, ``NEAR``, ``&|!``) reaches FTS5 or ``to_tsquery``; each term is then quoted.
+    """
+    terms = dict.fromkeys(w for w in _WORD.findall(query.lower()) if w not in STOPWORDS)
+    return list(terms)[:_MAX_TERMS]
+
+
+def fts5_query(terms: Sequence[str]) -> str:
+    """An FTS5 MATCH expression: the terms as quoted strings, OR-ed."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def tsquery(terms: Sequence[str]) -> str:
+    """A ``to_tsquery`` expression: the terms as quoted lexemes, OR-ed."""
+    return " | ".join("'" + t.replace("'", "''").replace("\\", "") + "'" for t in terms)
+
+
+_MEMORY_SELECT = ", ".join(f"m.{c.name}" for c in _MEMORY_COLS)
+_KEYWORD_SEARCH: dict[str, sa.TextClause] = {
+    "sqlite": sa.text(
+        f"SELECT {_MEMORY_SELECT}, -bm25(memories_fts) AS score "
+        "FROM memories_fts JOIN memories AS m ON m.seq = memories_fts.rowid "
+        "WHERE memories_fts MATCH :query AND m.user_key = :user_key "
+        "ORDER BY bm25(memories_fts), m.seq DESC LIMIT :k"
+    ).columns(*_MEMORY_COLS, sa.column("score", sa.Float)),
+    "postgresql": sa.text(
+        f"SELECT {_MEMORY_SELECT}, ts_rank_cd(m.text_search, q) AS score "
+        "FROM memories AS m, to_tsquery('english'::regconfig, :query) AS q "
+        "WHERE m.user_key = :user_key AND m.text_search @@ q "
+        "ORDER BY score DESC, m.seq DESC LIMIT :k"
+    ).columns(*_MEMORY_COLS, sa.column("score", sa.Float)),
+}
 
 
 class _Upserts:
@@ -547,6 +601,22 @@ class SQLConversationStore:
             await conn.commit()
         return deleted
 
+    async def keyword_search(self, user_key: str, query: str, k: int) -> list[tuple[MemoryRecord, float]]:
+        """The user's ``k`` memories that best match the words of ``query``, best first.
+
+        Any word may match (OR); SQLite ranks with FTS5 ``bm25()``, PostgreSQL with
+        ``ts_rank_cd``; the score is higher for a better match and comparable only within one
+        call. Query syntax in ``query`` is never interpreted: see :func:`keyword_terms`.
+        """
+        terms = keyword_terms(query)
+        if k <= 0 or not terms:
+            return []
+        text = fts5_query(terms) if self._kind == "sqlite" else tsquery(terms)
+        params = {"user_key": user_key, "query": text, "k": k}
+        async with self._connect("keyword_search", single=True) as conn:
+            rows = (await conn.execute(_KEYWORD_SEARCH[self._kind], params)).all()
+        return [(_memory(row), float(row._mapping["score"])) for row in rows]
+
     # --- settings ------------------------------------------------------------------------
 
     async def get_setting(self, scope: str, key: str) -> JSONValue | None:
@@ -583,11 +653,15 @@ class SQLConversationStore:
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "STOPWORDS",
     "DatabaseKind",
     "SQLConversationStore",
     "alembic_config",
     "database_kind",
+    "fts5_query",
+    "keyword_terms",
     "redact_url",
     "sqlalchemy_url",
+    "tsquery",
     "upgrade_to_head",
 ]

@@ -374,6 +374,134 @@ async def test_many_ids_at_once(sql_store: SQLConversationStore) -> None:
     assert await sql_store.count_memories("discord:1") == 100
 
 
+# --- keyword search ----------------------------------------------------------------------
+
+
+async def keyword_ids(store: SQLConversationStore, user: str, query: str, k: int = 10) -> list[str]:
+    return [record.id for record, _ in await store.keyword_search(user, query, k)]
+
+
+async def test_keyword_search_ranks_best_match_first(sql_store: SQLConversationStore) -> None:
+    texts = {
+        "k-sunrise": "Melanie: I painted a sunrise over the lake last week",
+        "k-lake": "Melanie: we swam in the lake",
+        "k-group": "Caroline: I went to the LGBTQ support group yesterday",
+        "k-other": "Caroline: my dog loves long walks",
+    }
+    await sql_store.add_memories([memory(i, text=t, at_s=n) for n, (i, t) in enumerate(texts.items())])
+
+    found = await sql_store.keyword_search("discord:1", "When did Melanie paint the sunrise at the lake?", 10)
+    assert [r.id for r, _ in found][:2] == ["k-sunrise", "k-lake"]
+    scores = [score for _, score in found]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[1]
+    (record, _) = found[0]
+    assert record == memory("k-sunrise", text=texts["k-sunrise"], at_s=0)
+    assert await keyword_ids(sql_store, "discord:1", "support group", 1) == ["k-group"]
+    assert await keyword_ids(sql_store, "discord:1", "astronomy", 5) == []
+    assert await sql_store.keyword_search("discord:1", "lake", 0) == []
+
+
+async def test_keyword_search_stays_in_the_users_scope(sql_store: SQLConversationStore) -> None:
+    await sql_store.add_memories([memory("a1", user="discord:1", text="Alice: the secret word is marmalade")])
+    await sql_store.add_memories([memory("b1", user="discord:2", text="Bob: marmalade on toast")])
+    assert await keyword_ids(sql_store, "discord:1", "marmalade") == ["a1"]
+    assert await keyword_ids(sql_store, "discord:2", "marmalade") == ["b1"]
+    assert await keyword_ids(sql_store, "discord:3", "marmalade") == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'he said "hi',
+        "-marmalade",
+        "marmalade*",
+        "text:marmalade",
+        "NEAR(marmalade toast)",
+        "(marmalade OR",
+        "AND OR NOT",
+        "marmalade & toast | !x <-> y:*",
+        "it's O'Brien's \\ marmalade",
+        "^ marmalade + {x} [y]",
+        "",
+        "   ",
+        "?!.,;",
+        "the and of",
+    ],
+)
+async def test_keyword_search_never_interprets_query_syntax(
+    sql_store: SQLConversationStore, query: str
+) -> None:
+    await sql_store.add_memories([memory("a1", text="Alice: marmalade and toast for breakfast")])
+    ids = await keyword_ids(sql_store, "discord:1", query)
+    assert ids == (["a1"] if "marmalade" in query.lower() else [])
+
+
+async def test_keyword_search_matches_accents_and_word_forms(sql_store: SQLConversationStore) -> None:
+    await sql_store.add_memories([memory("a1", text="Zoë: I was painting in the café")])
+    assert await keyword_ids(sql_store, "discord:1", "painted") == ["a1"]
+    assert await keyword_ids(sql_store, "discord:1", "ZOË") == ["a1"]
+
+
+async def test_keyword_index_follows_updates_and_deletes(sql_store: SQLConversationStore) -> None:
+    await sql_store.add_memories([memory("a1", text="Alice: my cat is called Pixel"), memory("a2", at_s=1)])
+    await sql_store.add_memories([memory("b1", user="discord:2", text="Bob: Pixel phone")])
+    await sql_store.add_memories([memory("a1", text="Alice: my cat is called Biscuit")])  # merged text
+    assert await keyword_ids(sql_store, "discord:1", "pixel") == []
+    assert await keyword_ids(sql_store, "discord:1", "biscuit") == ["a1"]
+
+    assert await sql_store.delete_memories("discord:1", ["a1"]) == 1
+    assert await keyword_ids(sql_store, "discord:1", "biscuit cat") == []
+
+    await sql_store.add_memories([memory("a3", text="Alice: Biscuit again")])
+    await sql_store.forget_user("discord:1")
+    assert await keyword_ids(sql_store, "discord:1", "biscuit") == []
+    assert await keyword_ids(sql_store, "discord:2", "pixel") == ["b1"]
+    if sql_store.kind == "sqlite":  # the FTS5 index itself holds no rows of deleted memories
+        async with sql_store.engine.connect() as conn:
+            await conn.exec_driver_sql("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
+            hits = await conn.exec_driver_sql(
+                "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'biscuit'"
+            )
+            assert hits.scalar_one() == 0
+
+
+async def test_keyword_migration_downgrades_to_0001_and_back(sql_url: str) -> None:
+    from alembic import command
+
+    from storage.sql.store import alembic_config
+
+    store = SQLConversationStore(sql_url)
+    await store.start()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(schema.memories.delete())
+        await store.add_memories([memory("a1", text="Alice: kept across the downgrade")])
+
+        def migrate(conn: sa.Connection, target: str) -> list[str]:
+            config = alembic_config(conn)
+            (command.downgrade if target == "0001" else command.upgrade)(config, target)
+            return sa.inspect(conn).get_table_names()
+
+        async with store.engine.begin() as conn:
+            tables = await conn.run_sync(migrate, "0001")
+            version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
+            columns = [
+                c["name"] for c in await conn.run_sync(lambda c: sa.inspect(c).get_columns("memories"))
+            ]
+        assert version == "0001"
+        assert not any(schema.is_keyword_search_object(t, "table") for t in tables)
+        assert schema.KEYWORD_SEARCH_COLUMN not in columns
+        with pytest.raises(StorageError):
+            await store.keyword_search("discord:1", "downgrade", 5)
+
+        async with store.engine.begin() as conn:
+            await conn.run_sync(migrate, "head")
+        # the upgrade indexes the memories that were already there
+        assert await keyword_ids(store, "discord:1", "downgrade") == ["a1"]
+    finally:
+        await store.aclose()
+
+
 # --- settings ----------------------------------------------------------------------------
 
 
@@ -484,7 +612,7 @@ async def test_ping_and_restart_keep_data(sql_url: str) -> None:
         assert await again.get_setting("guild:discord:restart", "k") == [1]
         async with again.engine.connect() as conn:
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
-        assert version == "0001"
+        assert version == "0002"
         await again.delete_setting("guild:discord:restart", "k")
     finally:
         await again.aclose()
@@ -494,20 +622,29 @@ async def test_migrations_give_both_backends_the_same_schema(sql_pg_url: str, tm
     def describe(conn: sa.Connection) -> dict[str, Any]:
         inspector = sa.inspect(conn)
         tables = {}
+        # The keyword index differs per dialect by design (FTS5 tables | tsvector column + GIN).
         for table in sorted(inspector.get_table_names()):
+            if schema.is_keyword_search_object(table, "table"):
+                continue
             tables[table] = {
-                "columns": [(c["name"], c["nullable"]) for c in inspector.get_columns(table)],
+                "columns": [
+                    (c["name"], c["nullable"])
+                    for c in inspector.get_columns(table)
+                    if not schema.is_keyword_search_object(c["name"], "column")
+                ],
                 "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
                 "indexes": sorted(
                     (i["name"], tuple(i["column_names"]))
                     for i in inspector.get_indexes(table)
                     if not i.get("duplicates_constraint")  # PostgreSQL lists a UNIQUE's own index
+                    and not schema.is_keyword_search_object(i["name"], "index")
                 ),
                 "unique": sorted(
                     (u["name"], tuple(u["column_names"])) for u in inspector.get_unique_constraints(table)
                 ),
             }
-        return {"tables": tables, "diff": compare_metadata(MigrationContext.configure(conn), schema.metadata)}
+        context = MigrationContext.configure(conn, opts={"include_object": schema.include_object})
+        return {"tables": tables, "diff": compare_metadata(context, schema.metadata)}
 
     described = []
     for url in (f"sqlite:///{tmp_path}/schema.db", sql_pg_url):

@@ -60,7 +60,7 @@ async def make_engine(tmp_path: Path) -> AsyncIterator[MakeEngine]:
                 store=store,
                 cache=cache,
                 personas=personas,
-                recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.1),
+                recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.1, keywords=store),
                 writer=MemoryWriter(store, vectors, embedder),
                 config=config or EngineConfig(),
             )

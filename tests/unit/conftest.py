@@ -33,7 +33,7 @@ async def engine_for(
         store=store,
         cache=cache,
         personas=PersonaSelector(library, store),
-        recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.2),
+        recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.2, keywords=store),
         writer=MemoryWriter(store, vectors, embedder, queue_size=8),
         config=config or EngineConfig(),
         bot_name="Ember",

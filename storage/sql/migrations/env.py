@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from engine.errors import ConfigError
-from storage.sql.schema import metadata
+from storage.sql.schema import include_object, metadata
 from storage.sql.store import sqlalchemy_url
 
 config = context.config
@@ -38,6 +38,7 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        include_object=include_object,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite ALTERs via table copies
     )
     with context.begin_transaction():
@@ -58,6 +59,7 @@ def run_offline() -> None:
     context.configure(
         url=url,
         target_metadata=metadata,
+        include_object=include_object,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         render_as_batch=url.get_backend_name() == "sqlite",
