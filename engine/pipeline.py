@@ -154,7 +154,8 @@ class Engine:
             self.personas.for_message(message),
             turns_task,
         )
-        emotion = self.emotion.detect(message.content)
+        # The recall embedding ("Name: content") doubles as the classifier's input: no second model run.
+        emotion = (await self.emotion.detect(message.content, embedding)).label
         await self._remember_turn(
             message.conversation_key, Turn("user", message.content, message.user_name, message.timestamp)
         )
@@ -279,8 +280,10 @@ class Engine:
         if not message.content.strip():
             return [], None
         try:
-            embedding = await self.recall.embed(memory_text(message.user_name, message.content))
-            return await self.recall.recall_by_vector(message.user_key, embedding), embedding
+            # Dense recall embeds the text a memory would have; keyword search matches the words.
+            return await self.recall.search(
+                message.user_key, message.content, embed_text=memory_text(message.user_name, message.content)
+            )
         except (StorageError, BackendUnavailable):
             logger.exception("memory recall failed for %s; answering without it", message.user_key)
             return [], None
