@@ -18,9 +18,10 @@ from openai import AsyncOpenAI, omit
 from openai.types.chat import ChatCompletionMessageParam
 
 from config.urls import redact_url
-from engine.errors import BackendUnavailable, ConfigError, LLMError, LLMTimeout
+from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
 from inference import llm_error
+from inference.openai_client import openai_client
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +57,13 @@ class OpenAIChat:
     async def start(self) -> None:
         if self._client is not None:
             return
-        if not self._api_key:
-            raise ConfigError("the OpenAI API needs an API key", variable="OPENAI_API_KEY")
-        try:
-            self._client = AsyncOpenAI(
-                base_url=self._base_url,
-                api_key=self._api_key,
-                timeout=self._timeout_s,
-                max_retries=0,
-            )
-        except openai.OpenAIError as exc:
-            raise ConfigError(
-                f"cannot configure the OpenAI client: {exc}", variable="OPENAI_BASE_URL"
-            ) from exc
+        self._client = openai_client(
+            api_key=self._api_key,
+            base_url=self._base_url,
+            timeout_s=self._timeout_s,
+            max_retries=0,
+            purpose="the OpenAI API",
+        )
         logger.info("OpenAI chat backend: %s at %s", self._model, self._where)
 
     async def aclose(self) -> None:

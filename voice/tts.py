@@ -613,18 +613,15 @@ class OpenAITTS:
     async def start(self) -> None:
         if self._client is not None:
             return
-        import openai
+        from inference.openai_client import openai_client
 
-        if not self._api_key:
-            raise ConfigError("OpenAI text-to-speech needs an API key", variable="OPENAI_API_KEY")
-        try:
-            self._client = openai.AsyncOpenAI(
-                base_url=self._base_url, api_key=self._api_key, timeout=self._timeout_s, max_retries=1
-            )
-        except openai.OpenAIError as exc:
-            raise ConfigError(
-                f"cannot configure the OpenAI client: {exc}", variable="OPENAI_BASE_URL"
-            ) from exc
+        self._client = openai_client(
+            api_key=self._api_key,
+            base_url=self._base_url,
+            timeout_s=self._timeout_s,
+            max_retries=1,
+            purpose="OpenAI text-to-speech",
+        )
         logger.info(
             "text-to-speech: OpenAI %s at %s, default voice %s", self._model, self._where, self._default_voice
         )

@@ -58,10 +58,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
+
+from tests.fakes.local_server import LocalServer
 
 DISCORD_EPOCH_MS = 1420070400000
 ALL_PERMISSIONS = (1 << 50) - 1
@@ -117,7 +118,7 @@ class _Connection:
     session_id: str = ""
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     """An aiohttp server on 127.0.0.1 playing Discord's REST API and gateway."""
 
     def __init__(
@@ -159,43 +160,18 @@ class FakeDiscord:
         self.refuse_voice_messages = False
         self._connections: list[_Connection] = []
         self._changed = asyncio.Condition()
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self._app = web.Application(client_max_size=64 * 1024**2)
-        self._app.router.add_get("/gw", self._gateway)
-        self._app.router.add_get("/attachments/{key:.+}", self._download)
-        self._app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_get("/gw", self._gateway)
+        app.router.add_get("/attachments/{key:.+}", self._download)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        super().__init__(app, port=port)
 
     # --- lifecycle ------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:
         for conn in list(self._connections):
             await conn.ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        await super().aclose()
 
     @property
     def api_base(self) -> str:
@@ -203,7 +179,7 @@ class FakeDiscord:
 
     @property
     def gateway_url(self) -> str:
-        return f"ws://127.0.0.1:{self._port}/gw"
+        return f"ws://127.0.0.1:{self.port}/gw"
 
     # --- the world ------------------------------------------------------------------------
 

@@ -43,11 +43,12 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.fakes.local_server import LocalServer
 
 Reply = str | Callable[[list[dict[str, Any]]], str]
 DEFAULT_REPLY = "Hello! I am a fake language model, streaming this reply in small chunks."
@@ -84,7 +85,7 @@ def fake_embedding(text: str, dim: int) -> list[float]:
     return [v / norm for v in values]
 
 
-class FakeLLMServer:
+class FakeLLMServer(LocalServer):
     """An aiohttp server on 127.0.0.1 (a free port unless ``port`` is given)."""
 
     def __init__(
@@ -114,13 +115,9 @@ class FakeLLMServer:
         self._fail_pending = 0
         self._fail_status = 500
         self._fail_message = "simulated failure"
-        self._port = port
-        self._listening = False
         self._closed = False
         self._wake = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._app = web.Application(client_max_size=64 * 1024**2)
+        app = web.Application(client_max_size=64 * 1024**2)
         routes: list[tuple[str, str, _Handler]] = [
             ("POST", "/v1/chat/completions", self._openai_chat),
             ("GET", "/v1/models", self._openai_models),
@@ -131,74 +128,18 @@ class FakeLLMServer:
             ("GET", "/api/version", self._ollama_version),
         ]
         for method, path, handler in routes:
-            self._app.router.add_route(method, path, self._guarded(handler))
+            app.router.add_route(method, path, self._guarded(handler))
+        super().__init__(app, port=port, handler_cancellation=True)
 
     # --- lifecycle --------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(
-            self._app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        await self.up()
 
     async def aclose(self) -> None:
         self._closed = True
         self._notify()
-        if self._runner is not None:
-            await self.down()
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def down(self) -> None:
-        """Stop listening and drop every open connection: clients get "connection refused"."""
-        if self._site is None:
-            return
-        site, self._site = self._site, None
-        self._listening = False
-        await site.stop()
-        assert self._runner is not None
-        server = self._runner.server
-        if server is not None:
-            for handler in list(server.connections):
-                handler.force_close()
-        # Let the handlers of the dropped connections run their cancellation.
-        await asyncio.sleep(0)
-
-    async def up(self) -> None:
-        """Listen again, on the same port as before."""
-        if self._site is not None:
-            return
-        assert self._runner is not None, "start() the server first"
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True)
-        await site.start()
-        if self._port == 0:
-            self._port = int(self._runner.addresses[0][1])
-        self._site = site
-        self._listening = True
+        await self.down()
+        await super().aclose()
 
     # --- addresses --------------------------------------------------------------------
-
-    @property
-    def is_up(self) -> bool:
-        return self._listening
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
 
     @property
     def openai_base_url(self) -> str:

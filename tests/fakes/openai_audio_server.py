@@ -27,10 +27,11 @@ import math
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.local_server import LocalServer
 
 Speaker = Callable[[str, str], Awaitable[bytes]]
 Transcriber = str | Callable[[bytes], str]
@@ -69,7 +70,7 @@ async def tone_speaker(text: str, voice: str) -> bytes:
     return streamed_wav([int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(count)], rate)
 
 
-class FakeOpenAIAudio:
+class FakeOpenAIAudio(LocalServer):
     """An aiohttp server on 127.0.0.1, on a free port."""
 
     def __init__(
@@ -87,37 +88,14 @@ class FakeOpenAIAudio:
         self.requests = 0
         self._fail_pending = 0
         self._fail_status = 500
-        self._runner: web.AppRunner | None = None
-        self._port = 0
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/v1/audio/speech", self._speech)
-        self._app = app
-
-    async def start(self) -> None:
-        self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
-
-    async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
+        super().__init__(app)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
+        return f"{self.url}/v1"
 
     def fail_next(self, n: int = 1, status: int = 500) -> None:
         self._fail_pending = n

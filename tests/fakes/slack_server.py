@@ -39,11 +39,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes.local_server import LocalServer
 
 Json = dict[str, Any]
 
@@ -59,7 +60,7 @@ class Posted:
     edits: list[str] = field(default_factory=list)
 
 
-class FakeSlack:
+class FakeSlack(LocalServer):
     """An aiohttp server on 127.0.0.1 playing Slack."""
 
     def __init__(
@@ -87,21 +88,16 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._port = 0
+        app = web.Application()
+        app.router.add_get("/socket", self._socket)
+        app.router.add_route("*", "/api/{method}", self._api)
+        super().__init__(app)
 
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/socket", self._socket)
-        app.router.add_route("*", "/api/{method}", self._api)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
+        await super().start()
         self._session = aiohttp.ClientSession()
 
     async def aclose(self) -> None:
@@ -109,21 +105,7 @@ class FakeSlack:
             await ws.close()
         if self._session is not None:
             await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        await super().aclose()
 
     @property
     def api_base(self) -> str:
@@ -350,7 +332,7 @@ class FakeSlack:
     async def _m_apps_connections_open(self, token: str, params: Json) -> Json:
         if token != self.app_token:
             return {"ok": False, "error": "invalid_auth"}
-        return {"ok": True, "url": f"ws://127.0.0.1:{self._port}/socket?ticket={uuid.uuid4()}"}
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket?ticket={uuid.uuid4()}"}
 
     async def _m_chat_postMessage(self, token: str, params: Json) -> Json:
         if token != self.bot_token:

@@ -40,11 +40,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes.local_server import LocalServer
 
 Json = dict[str, Any]
 
@@ -115,7 +116,7 @@ class ApiError(Exception):
         self.description = description
 
 
-class FakeTelegram:
+class FakeTelegram(LocalServer):
     """An aiohttp server on 127.0.0.1 speaking the Bot API."""
 
     def __init__(
@@ -150,24 +151,19 @@ class FakeTelegram:
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._file_ids = itertools.count(1)
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._delivery: asyncio.Task[None] | None = None
         self._wake_delivery = asyncio.Event()
-        self._port = 0
-
-    # --- lifecycle --------------------------------------------------------------------
-
-    async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._file)
         # A long poll whose client went away (PTB stopping) ends with it, not at its timeout.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
+        super().__init__(app, handler_cancellation=True)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
         self._session = aiohttp.ClientSession()
         self._delivery = asyncio.create_task(self._deliver_forever())
 
@@ -178,21 +174,7 @@ class FakeTelegram:
                 await self._delivery
         if self._session is not None:
             await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+        await super().aclose()
 
     @property
     def api_base(self) -> str:
