@@ -30,6 +30,7 @@ from engine.errors import BackendUnavailable, ConfigError, StorageError
 from engine.health import ComponentHealth, probe
 from engine.llm import ResilientLLM
 from engine.memory import MemoryRecall, MemoryWriter
+from engine.memory_care import CarePolicy, MemoryCare, MemoryCareStore
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
 from engine.ports import LLM, Cache, ConversationStore, Embedder, SpeechToText, TextToSpeech, VectorMemory
@@ -263,6 +264,16 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
             ),
             emotion=emotion,
             bot_name=settings.bot_name,
+            care=MemoryCare(
+                store,
+                vectors,
+                policy=CarePolicy(
+                    retention_days=settings.memory_retention_days, batch_size=settings.memory_care_batch_size
+                ),
+                interval_s=settings.memory_care_interval_s,
+            )
+            if isinstance(store, MemoryCareStore)
+            else None,
         )
         await engine.start()
         stack.push_async_callback(engine.aclose)

@@ -268,6 +268,20 @@ class Settings(BaseSettings):
 
     # --- end emotion -----------------------------------------------------------------------
 
+    # --- memory care -----------------------------------------------------------------------
+    memory_care_interval_s: float = Field(
+        3600.0, gt=0, description="Seconds between memory-care runs (cleanup of idle, unimportant memories)."
+    )
+    memory_retention_days: float = Field(
+        365.0,
+        gt=0,
+        description="Days a memory may sit unused before cleanup may delete it (only unimportant ones "
+        "never said twice).",
+    )
+    memory_care_batch_size: int = Field(200, ge=1, description="Most memories one memory-care run looks at.")
+
+    # --- end memory care -------------------------------------------------------------------
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("llm_fallbacks", mode="before")

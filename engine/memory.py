@@ -16,6 +16,11 @@ writes vectors and metadata. The recall query is that same text, so its embeddin
 computed on the reply path anyway, is reused: the writer embeds only what has none.
 A full queue makes ``submit`` wait (back-pressure) rather than drop anything; ``aclose``
 drains the queue before it stops.
+
+With a store that supports memory care (``engine.memory_care.MemoryCareStore``) the writer
+also scores importance, reinforces near-duplicates instead of copying them, supersedes
+contradicted memories (left out of recall, kept as history) and marks recalled memories
+used: see ``engine/memory_care.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from datetime import datetime
 from typing import Protocol
 
 from engine.errors import WhisperEngineError
-from engine.events import MemoryHit, new_id
+from engine.events import MemoryHit, new_id, utcnow
+from engine.memory_care import CarePolicy, MemoryCareStore, contradicts, score_importance
 from engine.ports import (
     ConversationStore,
     Embedder,
@@ -55,6 +61,8 @@ class TurnRecord:
     reply: StoredMessage | None
     embedding: Vector | None = None
     """The embedding of ``memory_text`` of the user's message, when recall computed it."""
+    recalled_ids: tuple[str, ...] = ()
+    """The memories recall found for this message: marked used in the background."""
 
 
 def memory_text(user_name: str, content: str) -> str:
@@ -76,6 +84,8 @@ def _metadata(record: MemoryRecord) -> dict[str, MetadataValue]:
         "kind": record.kind,
         "importance": record.importance,
         "sources": ",".join(record.source_message_ids),
+        "mentions": 1,
+        "superseded_by": "",
     }
 
 
@@ -90,6 +100,10 @@ def _hit(memory_id: str, text: str, similarity: float, meta: dict[str, MetadataV
         channel_id=str(meta.get("channel_id", "")),
         source_message_ids=tuple(s for s in sources.split(",") if s),
     )
+
+
+def _superseded(hit: VectorHit) -> bool:
+    return bool(hit.metadata.get("superseded_by"))
 
 
 class KeywordSearch(Protocol):
@@ -273,12 +287,12 @@ class MemoryRecall:
             return [
                 _hit(h.id, h.text, h.similarity, dict(h.metadata))
                 for h in hits
-                if h.similarity >= self.min_similarity
+                if h.similarity >= self.min_similarity and not _superseded(h)
             ]
         dense, keyword = await asyncio.gather(
             self._vectors.query(user_key, embedding, self.weights.pool_size(k)), keyword_task
         )
-        dense = [h for h in dense if h.similarity >= self.min_similarity]
+        dense = [h for h in dense if h.similarity >= self.min_similarity and not _superseded(h)]
         return fuse(dense, keyword, k, self.weights)
 
     async def forget(self, user_key: str) -> None:
@@ -296,8 +310,13 @@ class MemoryWriter:
         *,
         queue_size: int = 1000,
         batch_size: int = 32,
+        policy: CarePolicy | None = None,
     ) -> None:
         self._store = store
+        self._care: MemoryCareStore | None = store if isinstance(store, MemoryCareStore) else None
+        self.policy = policy or CarePolicy()
+        self.reinforced = 0
+        self.superseded = 0
         self._vectors = vectors
         self._embedder = embedder
         self._queue: asyncio.Queue[TurnRecord] = asyncio.Queue(maxsize=queue_size)
@@ -353,6 +372,12 @@ class MemoryWriter:
         for turn in batch:
             if turn.reply is not None:
                 await self._store.add_message(turn.reply)
+        if self._care is not None:
+            for turn in batch:
+                if turn.recalled_ids:
+                    await self._care.mark_memories_used(
+                        turn.user_message.user_key, turn.recalled_ids, at=utcnow()
+                    )
         remembered = [turn for turn in batch if worth_remembering(turn.user_message.content)]
         records = [
             MemoryRecord(
@@ -361,6 +386,7 @@ class MemoryWriter:
                 text=memory_text(m.user_name, m.content),
                 created_at=m.created_at,
                 kind="message",
+                importance=score_importance(m.content) if self._care is not None else 0.5,
                 platform=m.platform,
                 channel_id=m.channel_id,
                 source_message_ids=(m.id,),
@@ -370,6 +396,10 @@ class MemoryWriter:
         if not records:
             return
         embeddings = await self._embeddings(records, [turn.embedding for turn in remembered])
+        if self._care is not None:
+            for record, embedding in zip(records, embeddings, strict=True):
+                await self._write_with_care(self._care, record, embedding)
+            return
         by_user: dict[str, list[VectorItem]] = {}
         for record, embedding in zip(records, embeddings, strict=True):
             by_user.setdefault(record.user_key, []).append(
@@ -378,6 +408,63 @@ class MemoryWriter:
         await self._store.add_memories(records)
         for user_key, items in by_user.items():
             await self._vectors.add(user_key, items)
+
+    async def _write_with_care(self, care: MemoryCareStore, record: MemoryRecord, embedding: Vector) -> None:
+        """One memory, checked against its nearest current memories: a contradicted one is
+        superseded, a duplicate reinforced (and nothing new stored), otherwise it is added."""
+        policy = self.policy
+        user_key = record.user_key
+        neighbours = [
+            h
+            for h in await self._vectors.query(user_key, embedding, policy.neighbours)
+            if not _superseded(h) and h.id != record.id and h.similarity >= policy.related_similarity
+        ]
+        contradicted = [h for h in neighbours if contradicts(h.text, record.text)]
+        duplicate = next(
+            (h for h in neighbours if h.similarity >= policy.duplicate_similarity and h not in contradicted),
+            None,
+        )
+        at = utcnow()
+        if duplicate is not None and not contradicted:
+            [source] = record.source_message_ids
+            if source in str(duplicate.metadata.get("sources") or "").split(","):
+                return  # the same message written again: nothing new was said
+            state = await care.reinforce_memory(
+                user_key,
+                duplicate.id,
+                source_message_id=source,
+                at=at,
+                importance_delta=policy.reinforce_delta,
+                max_importance=policy.max_importance,
+            )
+            if state is not None:
+                meta = dict(duplicate.metadata)
+                meta.update(
+                    sources=",".join(state.source_message_ids),
+                    importance=state.importance,
+                    mentions=state.mentions,
+                )
+                await self._refresh_vector(user_key, duplicate, meta)
+                self.reinforced += 1
+                return
+        await self._store.add_memories([record])
+        await self._vectors.add(
+            user_key,
+            [VectorItem(id=record.id, text=record.text, embedding=embedding, metadata=_metadata(record))],
+        )
+        for old in contradicted:
+            if await care.supersede_memory(user_key, old.id, superseded_by=record.id, at=at):
+                await self._refresh_vector(user_key, old, {**old.metadata, "superseded_by": record.id})
+                self.superseded += 1
+
+    async def _refresh_vector(
+        self, user_key: str, hit: VectorHit, metadata: dict[str, MetadataValue]
+    ) -> None:
+        """Rewrite a stored vector's metadata (the vector store replaces an item whole)."""
+        [embedding] = await self._embedder.embed([hit.text])
+        await self._vectors.add(
+            user_key, [VectorItem(id=hit.id, text=hit.text, embedding=embedding, metadata=metadata)]
+        )
 
     async def _embeddings(
         self, records: Sequence[MemoryRecord], known: Sequence[Vector | None]

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,13 +28,18 @@ from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, LLMError, StorageError
 from engine.events import AIResponse, MemoryHit, ReplyKind, Timings, Turn, UniversalMessage, new_id, utcnow
 from engine.memory import MemoryRecall, MemoryWriter, TurnRecord, memory_text
+from engine.memory_care import MemoryCare, MemoryCareStore
 from engine.middleware import Middleware, Next, RateLimiter, ignore_own_messages
-from engine.persona import PersonaSelector
+from engine.persona import PERSONA_SETTING, PersonaSelector
 from engine.ports import LLM, Cache, ConversationStore, StoredMessage, UserProfile, Vector
 from engine.prompt import PromptBudget, build_prompt
+from engine.relationship import RELATIONSHIP_SETTING, Observation, RelationshipProfile, RelationshipTracker
 from engine.reply import ReplyStream
 
 logger = logging.getLogger(__name__)
+
+# The settings kept under a user's own scope (scope = user_key), exported with their data.
+USER_SETTINGS = (RELATIONSHIP_SETTING, PERSONA_SETTING)
 
 APOLOGY = "Sorry, I couldn't come up with a reply just now. Please try again in a moment."
 
@@ -74,8 +79,11 @@ class Engine:
         emotion: EmotionDetector | None = None,
         middleware: Sequence[Middleware] | None = None,
         bot_name: str = "assistant",
+        relationships: RelationshipTracker | None = None,
+        care: MemoryCare | None = None,
     ) -> None:
         self.llm = llm
+        self.care = care
         self.store = store
         self.cache = cache
         self.personas = personas
@@ -84,6 +92,7 @@ class Engine:
         self.config = config = config or EngineConfig()
         self.emotion = emotion or LexiconEmotionDetector()
         self.bot_name = bot_name
+        self.relationships = relationships or RelationshipTracker(store)
         self.middleware: list[Middleware] = (
             list(middleware)
             if middleware is not None
@@ -98,9 +107,15 @@ class Engine:
 
     async def start(self) -> None:
         await self.writer.start()
+        await self.relationships.start()
+        if self.care is not None:
+            await self.care.start()
 
     async def aclose(self) -> None:
+        if self.care is not None:
+            await self.care.aclose()
         await self.writer.aclose()
+        await self.relationships.aclose()
 
     # --- the pipeline ---------------------------------------------------------------
 
@@ -148,14 +163,17 @@ class Engine:
         # History is read before this message is added to it.
         turns_task = asyncio.create_task(self._recent_turns(message.conversation_key, exclude_id=stored.id))
         # Stored before the LLM is called, alongside the context reads.
-        profile, (memories, embedding), persona, turns = await asyncio.gather(
+        profile, (memories, embedding), persona, turns, relationship = await _all_of(
             self._persist_user_message(message, stored),
             self._recall(message),
             self.personas.for_message(message),
             turns_task,
+            self._relationship(message.user_key),
         )
         # The recall embedding ("Name: content") doubles as the classifier's input: no second model run.
         emotion = (await self.emotion.detect(message.content, embedding)).label
+        if relationship is not None:
+            relationship = relationship.with_profile(profile)
         await self._remember_turn(
             message.conversation_key, Turn("user", message.content, message.user_name, message.timestamp)
         )
@@ -169,6 +187,7 @@ class Engine:
             budget=self.config.budget,
             emotion=emotion,
             group_chat=not message.is_direct,
+            relationship=relationship,
         )
         context_done = time.perf_counter()
 
@@ -212,7 +231,18 @@ class Engine:
         await self._remember_turn(
             message.conversation_key, Turn("assistant", content, self.bot_name, reply.created_at)
         )
-        await self.writer.submit(TurnRecord(user_message=stored, reply=reply, embedding=embedding))
+        await self.writer.submit(
+            TurnRecord(
+                user_message=stored,
+                reply=reply,
+                embedding=embedding,
+                recalled_ids=tuple(hit.memory_id for hit in memories),
+            )
+        )
+        if profile is not None:  # only users the store knows; the tracker writes in the background
+            self.relationships.observe(
+                Observation(message.user_key, message.content, emotion, profile, message.timestamp)
+            )
         ms = 1000.0
         yield AIResponse(
             content=content,
@@ -249,6 +279,13 @@ class Engine:
             logger.exception("could not store message %s of %s", stored.id, message.user_key)
             return None
         return profile
+
+    async def _relationship(self, user_key: str) -> RelationshipProfile | None:
+        try:
+            return await self.relationships.get(user_key)
+        except (StorageError, BackendUnavailable):
+            logger.exception("could not load the relationship with %s; answering without it", user_key)
+            return None
 
     async def _recent_turns(self, conversation_key: str, *, exclude_id: str) -> list[Turn]:
         if self.config.recent_turns <= 0:
@@ -293,22 +330,54 @@ class Engine:
     async def export_user(self, user_key: str) -> dict[str, object]:
         """Everything held about a user, as one JSON-ready document."""
         await self.writer.drain()
+        await self.relationships.drain()
         profile = await self.store.get_user(user_key)
         messages = await self.store.user_messages(user_key, limit=1_000_000)
-        memories = await self.store.list_memories(user_key, limit=1_000_000)
+        memories = await self._export_memories(user_key)
+        settings: dict[str, Any] = {}
+        for key in USER_SETTINGS:
+            value = await self.store.get_setting(user_key, key)
+            if value is not None:
+                settings[key] = value
+        relationship = (
+            None
+            if profile is None and RELATIONSHIP_SETTING not in settings
+            else (await self.relationships.get(user_key, profile)).to_json()
+        )
         return {
             "user_key": user_key,
             "exported_at": utcnow().isoformat(),
             "profile": None if profile is None else _jsonable(asdict(profile)),
+            "relationship": relationship,
+            "settings": settings,
             "messages": [_jsonable(asdict(m)) for m in messages],
-            "memories": [_jsonable(asdict(m)) for m in memories],
+            "memories": memories,
         }
+
+    async def _export_memories(self, user_key: str) -> list[dict[str, Any]]:
+        """The user's memories, superseded ones included (history) with their care fields."""
+        memories = [_jsonable(asdict(m)) for m in await self.store.list_memories(user_key, limit=1_000_000)]
+        if isinstance(self.store, MemoryCareStore):
+            states = {s.id: s for s in await self.store.memory_states(user_key)}
+            for memory in memories:
+                state = states.get(memory["id"])
+                if state is not None:
+                    memory.update(
+                        superseded_by=state.superseded_by,
+                        mentions=state.mentions,
+                        use_count=state.use_count,
+                        last_used_at=state.last_used_at.isoformat() if state.last_used_at else None,
+                        updated_at=state.updated_at.isoformat(),
+                    )
+        return memories
 
     async def forget_user(self, user_key: str) -> int:
         """Erase everything held about a user: rows, vectors, cached turns and counters."""
         await self.writer.drain()
+        await self.relationships.drain()
         conversations = {m.conversation_key for m in await self.store.user_messages(user_key, limit=100_000)}
         removed = await self.store.forget_user(user_key)
+        self.relationships.forget(user_key)
         await self.recall.forget(user_key)
         for conversation in conversations:
             await self.cache.delete(f"turns:{conversation}")
@@ -327,6 +396,18 @@ def stored_message_id(message: UniversalMessage) -> str:
     """A stable id per platform message, so a redelivered message is stored once."""
     digest = hashlib.sha256(f"{message.platform}:{message.channel_id}:{message.message_id}".encode())
     return digest.hexdigest()[:32]
+
+
+async def _all_of(*awaitables: Awaitable[Any]) -> list[Any]:
+    """Like ``asyncio.gather``, but when one fails the others still run to the end before the
+    first failure is raised: none is left behind holding a store connection."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    await asyncio.wait(tasks)
+    errors = [t.exception() for t in tasks]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [t.result() for t in tasks]
 
 
 def _bind(layer: Middleware, call_next: Next) -> Next:

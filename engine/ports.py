@@ -144,6 +144,10 @@ class ConversationStore(Protocol):
 
     async def get_user(self, user_key: str) -> UserProfile | None: ...
 
+    async def set_preferred_name(self, user_key: str, name: str | None) -> bool:
+        """Set (``None``: clear) what the user likes to be called; False when the user is unknown."""
+        ...
+
     async def add_message(self, message: StoredMessage) -> None: ...
 
     async def recent_messages(self, conversation_key: str, limit: int) -> list[StoredMessage]:

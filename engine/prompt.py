@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from engine.events import ChatMessage, MemoryHit, Turn
 from engine.persona import Persona
 from engine.ports import UserProfile
+from engine.relationship import RelationshipProfile
+from engine.relationship import describe as describe_relationship
 
 CHARS_PER_TOKEN = 3.5
 PER_MESSAGE_OVERHEAD = 4
@@ -46,13 +48,25 @@ class Prompt:
     memories_included: tuple[MemoryHit, ...]
 
 
-def _user_section(profile: UserProfile | None, user_name: str, emotion: str | None) -> str:
-    name = (profile.preferred_name if profile and profile.preferred_name else None) or user_name
+def _user_section(
+    profile: UserProfile | None,
+    user_name: str,
+    emotion: str | None,
+    relationship: RelationshipProfile | None = None,
+) -> str:
+    preferred = (profile.preferred_name if profile else None) or (
+        relationship.preferred_name if relationship else None
+    )
+    name = preferred or user_name
     lines = [f"You are talking with {name}."]
+    if preferred and preferred != user_name:
+        lines[0] = f"You are talking with {user_name}, who likes to be called {preferred}."
     if profile is not None and profile.message_count > 1:
         lines.append(
             f"They have sent you {profile.message_count} messages since {profile.first_seen:%Y-%m-%d}."
         )
+    if relationship is not None:
+        lines.append(describe_relationship(relationship))
     if emotion and emotion != "neutral":
         lines.append(f"Their latest message sounds like {emotion}.")
     return " ".join(lines)
@@ -82,9 +96,10 @@ def build_prompt(
     budget: PromptBudget,
     emotion: str | None = None,
     group_chat: bool = False,
+    relationship: RelationshipProfile | None = None,
 ) -> Prompt:
     """Assemble the chat messages for one reply. ``turns`` are oldest first; ``memories`` best first."""
-    system = persona.system_text() + "\n\n" + _user_section(profile, user_name, emotion)
+    system = persona.system_text() + "\n\n" + _user_section(profile, user_name, emotion, relationship)
     used = estimate_tokens(system) + PER_MESSAGE_OVERHEAD
     remaining = budget.input_tokens - used
 

@@ -191,12 +191,14 @@ class MemoryCommands(app_commands.Group):
 
     @app_commands.command(name="show", description="Show what the bot remembers about you (only you see it)")
     async def show_memories(self, interaction: discord.Interaction) -> None:
-        store = _adapter(interaction).store
+        adapter = _adapter(interaction)
+        store = adapter.store
         user_key = _user_key(interaction)
         total = await store.count_memories(user_key)
+        about = await _about_us(adapter, user_key)
         if total == 0:
             await interaction.response.send_message(
-                "I don't remember anything about you yet.", ephemeral=True
+                "\n\n".join(["I don't remember anything about you yet.", *about]), ephemeral=True
             )
             return
         memories = await store.list_memories(user_key, limit=MEMORIES_SHOWN)
@@ -205,7 +207,7 @@ class MemoryCommands(app_commands.Group):
         footer = ""
         if total > len(memories):
             footer = f"…and {total - len(memories)} more. `/memory export` gives you all of them."
-        budget = DISCORD_LIMIT - len(footer) - 2
+        budget = DISCORD_LIMIT - len(footer) - 2 - sum(len(x) + 2 for x in about)
         for memory in memories:
             line = f"• {_clip(memory.text, 300)} (`{memory.id[:8]}`)"
             if sum(len(x) + 1 for x in lines) + len(line) > budget:
@@ -214,7 +216,7 @@ class MemoryCommands(app_commands.Group):
             lines.append(line)
         if footer:
             lines.append(footer)
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        await interaction.response.send_message("\n\n".join(["\n".join(lines), *about]), ephemeral=True)
 
     @app_commands.command(name="forget", description="Erase your memories (asks first)")
     @app_commands.describe(
@@ -269,6 +271,24 @@ class MemoryCommands(app_commands.Group):
         file = discord.File(io.BytesIO(payload), filename=f"whisperengine-{interaction.user.id}.json")
         summary = f"{len(data['memories'])} memories and {len(data['messages'])} messages."
         await interaction.followup.send(f"Here is your data: {summary}", file=file, ephemeral=True)
+
+
+async def _about_us(adapter: DiscordAdapter, user_key: str) -> list[str]:
+    """The relationship profile in one line (stage, interactions, trend, preferred name)."""
+    profile = await adapter.store.get_user(user_key)
+    if profile is None:
+        return []
+    relationship = await adapter.engine.relationships.get(user_key, profile)
+    n = relationship.interactions
+    parts = [
+        f"About us: we are **{relationship.stage()}**",
+        f"{n} message{'s' if n != 1 else ''} since {profile.first_seen:%Y-%m-%d}",
+    ]
+    if trend := relationship.trend().summary:
+        parts.append(trend)
+    if relationship.preferred_name:
+        parts.append(f"I call you **{_clip(relationship.preferred_name, 40)}**")
+    return [" · ".join(parts)]
 
 
 class PrivacyCommands(app_commands.Group):

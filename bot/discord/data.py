@@ -29,7 +29,9 @@ async def all_memories(store: ConversationStore, user_key: str) -> list[MemoryRe
 async def export_user_data(engine: Engine, store: ConversationStore, user_key: str) -> dict[str, Any]:
     """Everything stored about the user, as plain JSON-ready data."""
     await engine.writer.drain()
+    await engine.relationships.drain()
     profile = await store.get_user(user_key)
+    relationship = None if profile is None else await engine.relationships.get(user_key, profile)
     memories = await all_memories(store, user_key)
     messages = await store.user_messages(user_key, limit=MAX_EXPORTED_MESSAGES)
     return {
@@ -44,6 +46,7 @@ async def export_user_data(engine: Engine, store: ConversationStore, user_key: s
             "last_seen": profile.last_seen.isoformat(),
             "message_count": profile.message_count,
         },
+        "relationship": None if relationship is None else relationship.to_json(),
         "memories": [
             {
                 "id": m.id,

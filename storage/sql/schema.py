@@ -105,6 +105,8 @@ memories = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("last_used_at", UTCDateTime, nullable=True),
     sa.Column("use_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("superseded_by", sa.Text, nullable=True),  # 0003: the newer memory that replaced it
+    sa.Column("mentions", sa.Integer, nullable=False, server_default="1"),  # 0003: times said
     sa.Index("ix_memories_user_key_created_at", "user_key", "created_at", "seq"),
 )
 

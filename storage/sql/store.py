@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from engine.errors import BackendUnavailable, ConfigError, StorageError
+from engine.memory_care import MemoryState
 from engine.ports import JSONValue, MemoryRecord, StoredMessage, UserProfile
 from storage.sql.schema import memories, messages, settings, users
 
@@ -138,6 +139,25 @@ def _memory(row: sa.Row[Any]) -> MemoryRecord:
     )
 
 
+_STATE_COLS = [memories.c[f.name] for f in fields(MemoryState)]
+
+
+def _state(row: sa.Row[Any]) -> MemoryState:
+    m = row._mapping
+    return MemoryState(
+        id=m["id"],
+        user_key=m["user_key"],
+        importance=float(m["importance"]),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        last_used_at=m["last_used_at"],
+        use_count=int(m["use_count"]),
+        mentions=int(m["mentions"]),
+        superseded_by=m["superseded_by"],
+        source_message_ids=tuple(m["source_message_ids"] or ()),
+    )
+
+
 def _require_aware(value: datetime, name: str) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (got naive {value!r})")
@@ -160,6 +180,12 @@ def _reason(exc: BaseException) -> str:
 # --- statements, built once per dialect --------------------------------------------------
 
 _GET_USER = sa.select(*_USER_COLS).where(users.c.user_key == sa.bindparam("user_key"))
+_FTS_OPTIMIZE = sa.text("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+_SET_PREFERRED_NAME = (
+    users.update()
+    .where(users.c.user_key == sa.bindparam("b_user_key"))
+    .values(preferred_name=sa.bindparam("name"))
+)
 _RECENT = (
     sa.select(*_MESSAGE_COLS)
     .where(messages.c.conversation_key == sa.bindparam("key"))
@@ -189,6 +215,59 @@ _COUNT_MEMORIES = (
 _DELETE_MEMORIES = memories.delete().where(
     memories.c.user_key == sa.bindparam("user_key"),
     memories.c.id.in_(sa.bindparam("ids", expanding=True)),
+)
+# Update statements may not name bind parameters after columns.
+_OWNED = (memories.c.user_key == sa.bindparam("owner"), memories.c.id == sa.bindparam("memory"))
+_STATE_FOR_UPDATE = sa.select(*_STATE_COLS).where(*_OWNED).with_for_update()
+_REINFORCE = (
+    memories.update()
+    .where(*_OWNED)
+    .values(
+        importance=sa.bindparam("new_importance", type_=sa.Float),
+        mentions=memories.c.mentions + 1,
+        source_message_ids=sa.bindparam("sources", type_=memories.c.source_message_ids.type),
+        updated_at=sa.bindparam("at", type_=memories.c.updated_at.type),
+    )
+)
+_SUPERSEDE = (
+    memories.update()
+    .where(*_OWNED)
+    .values(
+        superseded_by=sa.bindparam("replacement"),
+        updated_at=sa.bindparam("at", type_=memories.c.updated_at.type),
+    )
+)
+_MARK_USED = (
+    memories.update()
+    .where(
+        memories.c.user_key == sa.bindparam("owner"),
+        memories.c.id.in_(sa.bindparam("ids", expanding=True)),
+    )
+    .values(
+        use_count=memories.c.use_count + 1,
+        last_used_at=sa.bindparam("at", type_=memories.c.last_used_at.type),
+    )
+)
+_ALL_STATES = (
+    sa.select(*_STATE_COLS)
+    .where(memories.c.user_key == sa.bindparam("user_key"))
+    .order_by(memories.c.created_at, memories.c.seq)
+)
+_STATES = sa.select(*_STATE_COLS).where(
+    memories.c.user_key == sa.bindparam("user_key"), memories.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_IDLE_BEFORE = sa.bindparam("idle_before", type_=memories.c.created_at.type)
+_STALE = (
+    sa.select(*_STATE_COLS)
+    .where(
+        memories.c.id > sa.bindparam("after_id"),
+        memories.c.importance < sa.bindparam("max_importance", type_=sa.Float),
+        memories.c.mentions <= sa.bindparam("max_mentions", type_=sa.Integer),
+        memories.c.created_at < _IDLE_BEFORE,
+        sa.or_(memories.c.last_used_at.is_(None), memories.c.last_used_at < _IDLE_BEFORE),
+    )
+    .order_by(memories.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
 )
 _GET_SETTING = sa.select(settings.c.value).where(
     settings.c.scope == sa.bindparam("scope"), settings.c.key == sa.bindparam("key")
@@ -245,13 +324,13 @@ _KEYWORD_SEARCH: dict[str, sa.TextClause] = {
     "sqlite": sa.text(
         f"SELECT {_MEMORY_SELECT}, -bm25(memories_fts) AS score "
         "FROM memories_fts JOIN memories AS m ON m.seq = memories_fts.rowid "
-        "WHERE memories_fts MATCH :query AND m.user_key = :user_key "
+        "WHERE memories_fts MATCH :query AND m.user_key = :user_key AND m.superseded_by IS NULL "
         "ORDER BY bm25(memories_fts), m.seq DESC LIMIT :k"
     ).columns(*_MEMORY_COLS, sa.column("score", sa.Float)),
     "postgresql": sa.text(
         f"SELECT {_MEMORY_SELECT}, ts_rank_cd(m.text_search, q) AS score "
         "FROM memories AS m, to_tsquery('english'::regconfig, :query) AS q "
-        "WHERE m.user_key = :user_key AND m.text_search @@ q "
+        "WHERE m.user_key = :user_key AND m.superseded_by IS NULL AND m.text_search @@ q "
         "ORDER BY score DESC, m.seq DESC LIMIT :k"
     ).columns(*_MEMORY_COLS, sa.column("score", sa.Float)),
 }
@@ -378,6 +457,8 @@ class SQLConversationStore:
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA foreign_keys = ON")
+            # deleted rows are overwritten on disk, not left in free pages (forget_user)
+            cursor.execute("PRAGMA secure_delete = ON")
             if not memory:
                 cursor.execute("PRAGMA journal_mode = WAL")
                 cursor.execute("PRAGMA synchronous = NORMAL")
@@ -504,6 +585,13 @@ class SQLConversationStore:
             row = (await conn.execute(_GET_USER, {"user_key": user_key})).first()
         return None if row is None else UserProfile(*row)
 
+    async def set_preferred_name(self, user_key: str, name: str | None) -> bool:
+        """Set (``None``: clear) what the user likes to be called; False when the user is unknown."""
+        async with self._connect("set_preferred_name", single=True, write=True) as conn:
+            result = await conn.execute(_SET_PREFERRED_NAME, {"b_user_key": user_key, "name": name})
+            await conn.commit()
+        return bool(result.rowcount)
+
     # --- messages ------------------------------------------------------------------------
 
     async def add_message(self, message: StoredMessage) -> None:
@@ -617,6 +705,95 @@ class SQLConversationStore:
             rows = (await conn.execute(_KEYWORD_SEARCH[self._kind], params)).all()
         return [(_memory(row), float(row._mapping["score"])) for row in rows]
 
+    # --- memory care (engine.memory_care.MemoryCareStore) ----------------------------------
+
+    async def reinforce_memory(
+        self,
+        user_key: str,
+        memory_id: str,
+        *,
+        source_message_id: str,
+        at: datetime,
+        importance_delta: float,
+        max_importance: float = 1.0,
+    ) -> MemoryState | None:
+        """The user said it again: importance up (capped at ``max_importance``), ``mentions``
+        + 1, ``source_message_id`` added to the sources (once), ``updated_at = at``.
+
+        None when the user has no memory with this id (another user's id is never touched).
+        """
+        _require_aware(at, "at")
+        params = {"owner": user_key, "memory": memory_id}
+        async with self._connect("reinforce_memory", single=False, write=True) as conn:
+            row = (await conn.execute(_STATE_FOR_UPDATE, params)).first()
+            if row is None:
+                await conn.rollback()
+                return None
+            state = _state(row)
+            sources = list(dict.fromkeys((*state.source_message_ids, source_message_id)))
+            importance = max(min(state.importance + importance_delta, max_importance), state.importance)
+            await conn.execute(
+                _REINFORCE, {**params, "new_importance": importance, "sources": sources, "at": at}
+            )
+            row = (await conn.execute(_STATE_FOR_UPDATE, params)).one()
+            await conn.commit()
+        return _state(row)
+
+    async def supersede_memory(
+        self, user_key: str, memory_id: str, *, superseded_by: str, at: datetime
+    ) -> bool:
+        """Mark the user's memory as replaced by the newer ``superseded_by`` (kept as history)."""
+        _require_aware(at, "at")
+        params = {"owner": user_key, "memory": memory_id, "replacement": superseded_by, "at": at}
+        async with self._connect("supersede_memory", single=True, write=True) as conn:
+            changed = (await conn.execute(_SUPERSEDE, params)).rowcount
+            await conn.commit()
+        return bool(changed)
+
+    async def mark_memories_used(self, user_key: str, ids: Sequence[str], *, at: datetime) -> int:
+        """``use_count`` + 1 and ``last_used_at = at`` on the user's memories with these ids."""
+        _require_aware(at, "at")
+        if not ids:
+            return 0
+        changed = 0
+        async with self._connect("mark_memories_used", single=False, write=True) as conn:
+            for chunk in _chunks(ids):
+                changed += (
+                    await conn.execute(_MARK_USED, {"owner": user_key, "ids": chunk, "at": at})
+                ).rowcount
+            await conn.commit()
+        return changed
+
+    async def memory_states(self, user_key: str, ids: Sequence[str] | None = None) -> list[MemoryState]:
+        """The care fields of the user's memories: these ids (in that order), or all, oldest first."""
+        async with self._connect("memory_states", single=True) as conn:
+            if ids is None:
+                return [_state(row) for row in await conn.execute(_ALL_STATES, {"user_key": user_key})]
+            found: dict[str, MemoryState] = {}
+            for chunk in _chunks(ids):
+                for row in await conn.execute(_STATES, {"user_key": user_key, "ids": chunk}):
+                    state = _state(row)
+                    found[state.id] = state
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
+
+    async def stale_memories(
+        self, *, idle_before: datetime, max_importance: float, max_mentions: int, after_id: str, limit: int
+    ) -> list[MemoryState]:
+        """Memories of every user not written or used since ``idle_before``, with importance below
+        ``max_importance`` and at most ``max_mentions`` mentions, id > ``after_id``, by id."""
+        _require_aware(idle_before, "idle_before")
+        if limit <= 0:
+            return []
+        params = {
+            "idle_before": idle_before,
+            "max_importance": max_importance,
+            "max_mentions": max_mentions,
+            "after_id": after_id,
+            "limit": limit,
+        }
+        async with self._connect("stale_memories", single=True) as conn:
+            return [_state(row) for row in await conn.execute(_STALE, params)]
+
     # --- settings ------------------------------------------------------------------------
 
     async def get_setting(self, scope: str, key: str) -> JSONValue | None:
@@ -646,6 +823,9 @@ class SQLConversationStore:
         async with self._connect("forget_user", single=False, write=True) as conn:
             for statement in _FORGET:
                 removed += (await conn.execute(statement, {"user_key": user_key})).rowcount
+            if self._kind == "sqlite":
+                # FTS5 only marks deleted rows; merging the index drops their words for good
+                await conn.execute(_FTS_OPTIMIZE)
             await conn.commit()
         logger.info("forgot user %s: %d rows removed", user_key, removed)
         return removed

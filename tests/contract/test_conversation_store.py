@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -502,6 +503,142 @@ async def test_keyword_migration_downgrades_to_0001_and_back(sql_url: str) -> No
         await store.aclose()
 
 
+# --- memory care -------------------------------------------------------------------------
+
+
+async def test_reinforce_memory_strengthens_only_the_owners_memory(sql_store: SQLConversationStore) -> None:
+    await sql_store.add_memories([memory("a1"), memory("b1", user="discord:2")])
+    state = await sql_store.reinforce_memory(
+        "discord:1", "a1", source_message_id="src-new", at=at(60), importance_delta=0.1
+    )
+    assert state is not None
+    assert state.mentions == 2
+    assert state.importance == pytest.approx(0.85)
+    assert state.source_message_ids == ("src-a1", "src-common", "src-new")  # provenance keeps all
+    assert state.updated_at == at(60)
+    # capped, and a source already there is not added twice
+    state = await sql_store.reinforce_memory(
+        "discord:1", "a1", source_message_id="src-new", at=at(61), importance_delta=0.5
+    )
+    assert state is not None and state.importance == 1.0 and state.mentions == 3
+    assert state.source_message_ids == ("src-a1", "src-common", "src-new")
+    [record] = await sql_store.get_memories("discord:1", ["a1"])
+    assert record.source_message_ids == ("src-a1", "src-common", "src-new")
+
+    # user B can never reinforce A's memory, nor A B's
+    assert (
+        await sql_store.reinforce_memory(
+            "discord:2", "a1", source_message_id="x", at=at(62), importance_delta=0.1
+        )
+        is None
+    )
+    assert (
+        await sql_store.reinforce_memory(
+            "discord:1", "b1", source_message_id="x", at=at(62), importance_delta=0.1
+        )
+        is None
+    )
+    [b1] = await rows(sql_store, schema.memories, schema.memories.c.id == "b1")
+    assert (b1["mentions"], b1["importance"], b1["source_message_ids"]) == (1, 0.75, ["src-b1", "src-common"])
+    [a1] = await rows(sql_store, schema.memories, schema.memories.c.id == "a1")
+    assert a1["mentions"] == 3
+
+
+async def test_superseded_memories_are_history_not_search_results(sql_store: SQLConversationStore) -> None:
+    await sql_store.add_memories(
+        [
+            memory("old", text="Alice: I live in Berlin"),
+            memory("new", at_s=5, text="Alice: I live in Lisbon"),
+            memory("b1", user="discord:2", text="Bob: I live in Berlin"),
+        ]
+    )
+    assert not await sql_store.supersede_memory("discord:2", "old", superseded_by="new", at=at(10))
+    assert await keyword_ids(sql_store, "discord:1", "live") == ["new", "old"]
+    assert await sql_store.supersede_memory("discord:1", "old", superseded_by="new", at=at(10))
+    assert await keyword_ids(sql_store, "discord:1", "live berlin") == ["new"]
+    assert await keyword_ids(sql_store, "discord:2", "berlin") == ["b1"]  # B's memory untouched
+    assert [m.id for m in await sql_store.list_memories("discord:1")] == ["new", "old"]  # kept
+    states = {s.id: s for s in await sql_store.memory_states("discord:1")}
+    assert states["old"].superseded_by == "new" and states["old"].updated_at == at(10)
+    assert states["new"].superseded_by is None
+    assert [s.id for s in await sql_store.memory_states("discord:1", ["new", "b1", "old"])] == ["new", "old"]
+    [b1] = await sql_store.memory_states("discord:2")
+    assert b1.superseded_by is None
+
+
+async def test_mark_memories_used_counts_uses_in_scope(sql_store: SQLConversationStore) -> None:
+    await sql_store.add_memories([memory("a1"), memory("a2"), memory("b1", user="discord:2")])
+    assert await sql_store.mark_memories_used("discord:1", ["a1", "b1", "missing"], at=at(30)) == 1
+    assert await sql_store.mark_memories_used("discord:1", ["a1"], at=at(40)) == 1
+    assert await sql_store.mark_memories_used("discord:1", [], at=at(40)) == 0
+    states = {s.id: s for s in await sql_store.memory_states("discord:1")}
+    assert (states["a1"].use_count, states["a1"].last_used_at) == (2, at(40))
+    assert (states["a2"].use_count, states["a2"].last_used_at) == (0, None)
+    [b1] = await sql_store.memory_states("discord:2")
+    assert (b1.use_count, b1.last_used_at) == (0, None)
+
+
+async def test_stale_memories_are_idle_unimportant_and_paged_by_id(sql_store: SQLConversationStore) -> None:
+    low = [replace(memory(f"m{i}", user=f"discord:{i % 2}"), importance=0.3) for i in range(5)]
+    await sql_store.add_memories(
+        [
+            *low,
+            memory("important"),  # importance 0.75
+            replace(memory("recent", at_s=10_000), importance=0.3),
+            replace(memory("used"), importance=0.3),
+            replace(memory("said-twice"), importance=0.3),
+        ]
+    )
+    await sql_store.mark_memories_used("discord:1", ["used"], at=at(10_000))
+    await sql_store.reinforce_memory(
+        "discord:1", "said-twice", source_message_id="s", at=at(1), importance_delta=0
+    )
+
+    async def stale(after_id: str = "", limit: int = 100) -> list[str]:
+        found = await sql_store.stale_memories(
+            idle_before=at(5_000), max_importance=0.7, max_mentions=1, after_id=after_id, limit=limit
+        )
+        return [s.id for s in found]
+
+    assert await stale() == ["m0", "m1", "m2", "m3", "m4"]
+    assert await stale(limit=2) == ["m0", "m1"]
+    assert await stale(after_id="m1", limit=2) == ["m2", "m3"]
+    assert await stale(after_id="m4") == []
+
+
+async def test_memory_care_migration_downgrades_to_0002_and_back(sql_url: str) -> None:
+    from alembic import command
+
+    from storage.sql.store import alembic_config
+
+    store = SQLConversationStore(sql_url)
+    await store.start()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(schema.memories.delete())
+        await store.add_memories([memory("a1", text="Alice: kept across the care downgrade")])
+        await store.supersede_memory("discord:1", "a1", superseded_by="a2", at=at(1))
+
+        def migrate(conn: sa.Connection, target: str) -> list[str]:
+            config = alembic_config(conn)
+            (command.downgrade if target == "0002" else command.upgrade)(config, target)
+            return [c["name"] for c in sa.inspect(conn).get_columns("memories")]
+
+        async with store.engine.begin() as conn:
+            columns = await conn.run_sync(migrate, "0002")
+            version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
+        assert version == "0002"
+        assert "superseded_by" not in columns and "mentions" not in columns
+        async with store.engine.begin() as conn:
+            columns = await conn.run_sync(migrate, "head")
+        assert "superseded_by" in columns and "mentions" in columns
+        [state] = await store.memory_states("discord:1")
+        assert (state.superseded_by, state.mentions) == (None, 1)  # history is gone with the column
+        assert await keyword_ids(store, "discord:1", "downgrade") == ["a1"]  # the index survived
+    finally:
+        await store.aclose()
+
+
 # --- settings ----------------------------------------------------------------------------
 
 
@@ -612,7 +749,7 @@ async def test_ping_and_restart_keep_data(sql_url: str) -> None:
         assert await again.get_setting("guild:discord:restart", "k") == [1]
         async with again.engine.connect() as conn:
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
-        assert version == "0002"
+        assert version == "0003"
         await again.delete_setting("guild:discord:restart", "k")
     finally:
         await again.aclose()

@@ -177,8 +177,11 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
         LOG_LEVEL="DEBUG",
     )
     (tmp_path / "data").mkdir()
+    # The log goes to a file: DEBUG output would fill a pipe nobody reads and block the bot.
+    log_path = tmp_path / "bot.log"
+    log_file = log_path.open("w")
     proc = subprocess.Popen(
-        [EXE, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        [EXE, "run"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
     )
     try:
         health = None
@@ -188,7 +191,7 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
                     health = json.load(response)
                     break
             except OSError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert proc.poll() is None, log_path.read_text()
                 time.sleep(0.1)
         assert health is not None and health["status"] == "ok"
         request = urllib.request.Request(
@@ -196,14 +199,20 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
             data=json.dumps({"message": "hi there, I like long walks by the river"}).encode(),
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {SECRET_TOKEN}"},
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = json.load(response)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = json.load(response)
+        except OSError:
+            proc.terminate()
+            proc.wait(timeout=30)
+            pytest.fail("no answer from /api/chat; the bot's log:\n" + log_path.read_text())
         assert body["reply"] == "Hello from the fake model!"
     finally:
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr
-    logs = stdout + stderr
+        proc.wait(timeout=60)
+        log_file.close()
+    logs = log_path.read_text()
+    assert proc.returncode == 0, logs
+    assert "Traceback" not in logs
     assert "shutting down" in logs
     assert SECRET_KEY not in logs and SECRET_TOKEN not in logs

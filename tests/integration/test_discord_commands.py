@@ -164,6 +164,31 @@ async def test_memory_show_lists_only_your_own_memories(world: World) -> None:
     assert "don't remember anything" in content(empty)
 
 
+async def test_memory_show_includes_the_relationship_profile(world: World) -> None:
+    channel = await world.channel("memory-profile")
+    vera, walt = world.user("vera"), world.user("walt")
+    await remember(world, channel, vera, "I am so happy today, please call me Vee", "what a wonderful day")
+    await remember(world, channel, walt, "hello there, call me Dubya")
+    await world.app.engine.relationships.drain()
+
+    [shown] = await world.command("memory", "show", user=vera, channel=channel)
+    assert is_ephemeral(shown)
+    text = content(shown)
+    assert text.startswith("I remember 2 things about you")
+    about = text.split("\n\n")[-1]
+    assert about.startswith("About us: we are **new** · 2 messages since ")
+    assert "I call you **Vee**" in about and "Dubya" not in text
+    # two cheerful messages are not a trend yet; a third is
+    await remember(world, channel, vera, "yay, I am thrilled and excited")
+    await world.app.engine.relationships.drain()
+    [shown] = await world.command("memory", "show", user=vera, channel=channel)
+    assert "3 messages" in content(shown) and "· mostly cheerful lately" in content(shown)
+
+    stranger = world.user("newcomer")
+    [empty] = await world.command("memory", "show", user=stranger, channel=channel)
+    assert content(empty) == "I don't remember anything about you yet."
+
+
 async def test_memory_export_sends_your_data_as_a_json_file(world: World) -> None:
     channel = await world.channel("memory-export")
     sam, tom = world.user("sam"), world.user("tom")
@@ -181,6 +206,7 @@ async def test_memory_export_sends_your_data_as_a_json_file(world: World) -> Non
     texts = [m["content"] for m in data["messages"]]
     assert "I work as a lighthouse keeper now" in texts and "Noted!" in texts
     assert not any("typewriters" in json.dumps(x) for x in (data["memories"], data["messages"]))
+    assert data["relationship"]["interactions"] == 1 and data["relationship"]["stage"] == "new"
 
 
 async def test_memory_forget_asks_with_buttons_and_only_you_can_confirm(world: World) -> None:

@@ -11,6 +11,7 @@ import pytest
 from config.settings import PACKAGED_PERSONAS
 from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.memory import MemoryRecall, MemoryWriter
+from engine.memory_care import MemoryCare
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
 from storage.cache.memory import MemoryCache
@@ -37,6 +38,7 @@ async def engine_for(
         writer=MemoryWriter(store, vectors, embedder, queue_size=8),
         config=config or EngineConfig(),
         bot_name="Ember",
+        care=MemoryCare(store, vectors),
     )
     await engine.start()
     try:
