@@ -397,8 +397,10 @@ class SQLConversationStore:
         pool_size: int = 5,
         max_overflow: int = 10,
         busy_timeout_s: float = 5.0,
+        keyword_max_docs: int = 2000,
     ) -> None:
         self._kind, self._url = _parse(url)
+        self._keyword_max_docs = keyword_max_docs
         self._redacted = redact_url(self._url)
         self._service = "PostgreSQL" if self._kind == "postgresql" else "SQLite"
         self._connect_timeout_s = connect_timeout_s
@@ -699,11 +701,33 @@ class SQLConversationStore:
         terms = keyword_terms(query)
         if k <= 0 or not terms:
             return []
-        text = fts5_query(terms) if self._kind == "sqlite" else tsquery(terms)
-        params = {"user_key": user_key, "query": text, "k": k}
         async with self._connect("keyword_search", single=True) as conn:
+            if self._kind == "sqlite":
+                terms = await self._distinctive_terms(conn, terms)
+                if not terms:
+                    return []
+            text = fts5_query(terms) if self._kind == "sqlite" else tsquery(terms)
+            params = {"user_key": user_key, "query": text, "k": k}
             rows = (await conn.execute(_KEYWORD_SEARCH[self._kind], params)).all()
         return [(_memory(row), float(row._mapping["score"])) for row in rows]
+
+    async def _distinctive_terms(self, conn: AsyncConnection, terms: Sequence[str]) -> list[str]:
+        """The terms found in at most ``keyword_max_docs`` memories (SQLite).
+
+        FTS5 ranks every memory that matches any term, so one common word ("work", "today")
+        in a large table would make each search rank tens of thousands of rows. Such a word
+        says little about any one memory (BM25 gives it almost no weight), so it is left out;
+        counting stops at the cap, so asking costs at most ``keyword_max_docs`` index entries
+        per term, all in one statement.
+        """
+        cap = self._keyword_max_docs
+        counts = ", ".join(
+            f"(SELECT count(*) FROM (SELECT 1 FROM memories_fts WHERE memories_fts MATCH :t{i} LIMIT :cap))"
+            for i in range(len(terms))
+        )
+        params: dict[str, Any] = {f"t{i}": fts5_query([term]) for i, term in enumerate(terms)}
+        row = (await conn.execute(sa.text(f"SELECT {counts}"), {**params, "cap": cap + 1})).one()
+        return [term for term, docs in zip(terms, row, strict=True) if docs <= cap]
 
     # --- memory care (engine.memory_care.MemoryCareStore) ----------------------------------
 

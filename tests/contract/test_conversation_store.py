@@ -892,3 +892,20 @@ async def test_sqlite_in_memory_database() -> None:
         assert await store.forget_user("discord:1") == 21
     finally:
         await store.aclose()
+
+
+async def test_sqlite_keyword_search_leaves_out_words_too_common_to_rank(tmp_path: Path) -> None:
+    store = SQLConversationStore(f"sqlite:///{tmp_path / 'kw.db'}", keyword_max_docs=3)
+    await store.start()
+    try:
+        await store.add_memories(
+            [memory(f"m{i}", at_s=i, text=f"Alice: coffee again at work {i}") for i in range(5)]
+            + [memory("rare", at_s=9, text="Alice: my sister moved to Lisbon")]
+        )
+        # "coffee" is in five memories, over the cap of three: it alone finds nothing ...
+        assert await store.keyword_search("discord:1", "coffee", 10) == []
+        # ... and it does not drown the distinctive word next to it
+        hits = await store.keyword_search("discord:1", "coffee in Lisbon", 10)
+        assert [record.id for record, _ in hits] == ["rare"]
+    finally:
+        await store.aclose()
