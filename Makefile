@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCOMO ?= ../shared/benchmarks/locomo-dev.json
 
 .PHONY: run chat doctor test lint typecheck unit bench clean
 
@@ -43,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.discord_e2e
 	$(BIN)/python -m benchmarks.voice
+	$(BIN)/python -m benchmarks.emotion
+	$(BIN)/python -m benchmarks.locomo --data $(LOCOMO)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
