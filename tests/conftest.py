@@ -7,10 +7,17 @@ unless ``CI`` is set, where a missing service is a failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from uuid import uuid4
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -42,3 +49,29 @@ def require_postgres() -> str:
 def require_redis() -> str:
     require_service("Redis", "127.0.0.1", 6379)
     return REDIS_URL
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _admin_in_thread(url: str, sql: str) -> None:
+    """Run one admin statement on a loop of its own (session fixtures are synchronous)."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _admin(url, sql)).result()
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new database on the machine's PostgreSQL, dropped afterwards; yields its URL."""
+    admin_url = require_postgres()
+    name = f"{prefix}_{uuid4().hex[:12]}"
+    _admin_in_thread(admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _admin_in_thread(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

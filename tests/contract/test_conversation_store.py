@@ -8,15 +8,13 @@ the tables directly, not only through the port.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -27,7 +25,7 @@ from engine.errors import BackendUnavailable, ConfigError, StorageError
 from engine.ports import MemoryRecord, StoredMessage, UserProfile
 from storage.sql import schema
 from storage.sql.store import SQLConversationStore, database_kind
-from tests.conftest import require_postgres
+from tests.conftest import fresh_postgres_database
 
 T = TypeVar("T")
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -38,37 +36,14 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def _run_in_thread(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on its own loop in another thread (session fixtures are synchronous)."""
-
-    async def main() -> T:
-        return await factory()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, main()).result()
-
-
 # --- fixtures ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def sql_pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this session, dropped afterwards."""
-    admin_url = require_postgres()
-    name = f"we_test_store_{uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    _run_in_thread(lambda: admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        _run_in_thread(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database("we_test_store") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,22 +11,18 @@ while B's data is intact.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
 
-import asyncpg
 import chromadb
 import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from chromadb.config import Settings
-from sqlalchemy.engine import make_url
 
 from config.settings import PACKAGED_PERSONAS
 from engine.events import ChatMessage, UniversalMessage
@@ -40,7 +36,7 @@ from storage.cache.memory import MemoryCache
 from storage.cache.redis import RedisCache
 from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
-from tests.conftest import require_postgres, require_redis
+from tests.conftest import fresh_postgres_database, require_redis
 
 T = TypeVar("T")
 
@@ -55,32 +51,11 @@ A_NEEDLES = (A_ID, A_NAME, A_PREFERRED, *A_WORDS)
 B_NEEDLES = (B_ID, B_NAME, *B_WORDS)
 
 
-def _run_in_thread(factory: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await factory()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, main()).result()
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this module, dropped afterwards."""
-    admin_url = require_postgres()
-    name = f"we_test_privacy_{uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    _run_in_thread(lambda: admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        _run_in_thread(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database("we_test_privacy") as url:
+        yield url
 
 
 @dataclass(slots=True)
