@@ -116,6 +116,16 @@ def _declared_duration(container: av.container.InputContainer, stream: av.audio.
     return None
 
 
+def _require_pyav() -> None:
+    """BackendUnavailable when PyAV (the ``voice`` extra) is not installed."""
+    try:
+        import av  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "audio conversion", "PyAV is not installed (pip install 'whisperengine[voice]')"
+        ) from exc
+
+
 def decode(
     data: bytes,
     *,
@@ -128,12 +138,9 @@ def decode(
     With ``limits`` (always, for user uploads), empty, oversized, over-long, corrupt and
     truncated input raise InputError; without, only unreadable input does.
     """
-    try:
-        import av.error
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "audio conversion", "PyAV is not installed (pip install 'whisperengine[voice]')"
-        ) from exc
+    _require_pyav()
+    import av.error
+
     if limits is not None:
         check_size(data, limits)
     elif not data:
@@ -301,6 +308,7 @@ def encode(
     samples: np.ndarray, sample_rate: int, *, container: str, codec: str, rate: int, bitrate: int
 ) -> bytes:
     """Encode mono samples with PyAV into ``container`` using ``codec`` at ``rate`` Hz."""
+    _require_pyav()
     import av
     from av.audio.resampler import AudioResampler
 

@@ -303,3 +303,13 @@ async def test_worker_pool_runs_off_the_event_loop() -> None:
         assert all(name != threading.main_thread().name for name in names)
     finally:
         pool.close()
+
+
+def test_missing_pyav_is_backend_unavailable_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # what `import av` sees when PyAV is absent
+    with pytest.raises(BackendUnavailable, match="PyAV is not installed"):
+        decode(b"OggS" + bytes(64), limits=AudioLimits())
+    with pytest.raises(BackendUnavailable, match="PyAV is not installed"):
+        encode_ogg_opus(np.zeros(1600, dtype=np.float32), 16_000)
