@@ -236,7 +236,8 @@ class Engine:
                 user_message=stored,
                 reply=reply,
                 embedding=embedding,
-                recalled_ids=tuple(hit.memory_id for hit in memories),
+                # used = shown to the model, not merely found
+                recalled_ids=tuple(hit.memory_id for hit in prompt.memories_included),
             )
         )
         if profile is not None:  # only users the store knows; the tracker writes in the background
