@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
+from engine.background import drain_and_stop
 from engine.errors import WhisperEngineError
 from engine.events import MemoryHit, new_id, utcnow
 from engine.memory_care import CarePolicy, MemoryCareStore, contradicts, score_importance
@@ -343,13 +344,7 @@ class MemoryWriter:
     async def aclose(self, timeout_s: float = 30.0) -> None:
         if self._worker is None:
             return
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout_s)
-        except TimeoutError:
-            logger.error("memory writer: %d turns still queued at shutdown", self._queue.qsize())
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        await drain_and_stop(self._worker, self._queue, timeout_s=timeout_s, what="memory writer")
         self._worker = None
 
     async def _run(self) -> None:

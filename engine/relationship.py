@@ -32,7 +32,6 @@ per-process memo of the profiles written or read before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections import Counter, OrderedDict
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.background import drain_and_stop
 from engine.emotion import EMOTIONS, NEUTRAL
 from engine.errors import InputError, WhisperEngineError
 from engine.ports import ConversationStore, UserProfile
@@ -366,13 +366,7 @@ class RelationshipTracker:
     async def aclose(self, timeout_s: float = 30.0) -> None:
         if self._worker is None:
             return
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout_s)
-        except TimeoutError:
-            logger.error("relationship tracker: %d updates still queued at shutdown", self._queue.qsize())
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        await drain_and_stop(self._worker, self._queue, timeout_s=timeout_s, what="relationship tracker")
         self._worker = None
 
     async def drain(self) -> None:

@@ -1,0 +1,23 @@
+"""Shared shutdown of the engine's background queue workers (memory writer, relationship tracker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+async def drain_and_stop(
+    worker: asyncio.Task[None], queue: asyncio.Queue[Any], *, timeout_s: float, what: str
+) -> None:
+    """Let ``worker`` finish what ``queue`` holds (at most ``timeout_s``), then cancel it."""
+    try:
+        await asyncio.wait_for(queue.join(), timeout_s)
+    except TimeoutError:
+        logger.error("%s: %d items still queued at shutdown", what, queue.qsize())
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
