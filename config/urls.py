@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+OFFICIAL_OPENAI_API = "https://api.openai.com/v1"
+"""Where the OpenAI clients go when no base URL is set."""
+
 
 def redact_url(url: str) -> str:
     """``scheme://user:secret@host:port/path`` → ``scheme://user:***@host:port/path``.

@@ -17,15 +17,13 @@ import openai
 from openai import AsyncOpenAI, omit
 from openai.types.chat import ChatCompletionMessageParam
 
-from config.urls import redact_url
+from config.urls import OFFICIAL_OPENAI_API, redact_url
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
 from inference import llm_error
 from inference.openai_client import openai_client
 
 logger = logging.getLogger(__name__)
-
-OFFICIAL_API = "https://api.openai.com/v1"
 
 
 class OpenAIChat:
@@ -39,7 +37,9 @@ class OpenAIChat:
         self._client: AsyncOpenAI | None = None
         # The official API wants ``max_completion_tokens`` (``max_tokens`` is refused by its
         # reasoning models); compatible servers commonly know only ``max_tokens``.
-        self._official = self._base_url is None or self._base_url.startswith("https://api.openai.com")
+        self._official = self._base_url is None or self._base_url.startswith(
+            OFFICIAL_OPENAI_API.removesuffix("/v1")
+        )
 
     def __repr__(self) -> str:
         return f"OpenAIChat(base_url={self._where!r}, model={self._model!r})"
@@ -50,7 +50,7 @@ class OpenAIChat:
 
     @property
     def _where(self) -> str:
-        return redact_url(self._base_url or OFFICIAL_API)
+        return redact_url(self._base_url or OFFICIAL_OPENAI_API)
 
     # --- lifecycle --------------------------------------------------------------------
 

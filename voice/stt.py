@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.urls import redact_url
+from config.urls import OFFICIAL_OPENAI_API, redact_url
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
 from engine.ports import Transcript
 from voice.audio import AudioLimits, DecodedAudio, check_size, decode
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BUNDLED_WHISPER = "tiny.en"
-OFFICIAL_API = "https://api.openai.com/v1"
 
 
 def bundled_whisper_model() -> Path | None:
@@ -235,7 +234,7 @@ class OpenAISTT:
 
     @property
     def _where(self) -> str:
-        return redact_url(self._base_url or OFFICIAL_API)
+        return redact_url(self._base_url or OFFICIAL_OPENAI_API)
 
     async def start(self) -> None:
         if self._client is not None:

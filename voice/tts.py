@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from config.urls import redact_url
+from config.urls import OFFICIAL_OPENAI_API, redact_url
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
 from engine.ports import SpeechAudio
 from voice.audio import read_wav, speech_audio
@@ -602,7 +602,7 @@ class OpenAITTS:
 
     @property
     def _where(self) -> str:
-        return redact_url(self._base_url or "https://api.openai.com/v1")
+        return redact_url(self._base_url or OFFICIAL_OPENAI_API)
 
     def has_voice(self, voice: str) -> bool:
         name = strip_engine(voice, "openai")
