@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script (``python benchmarks/locomo.py``)
     sys.path.insert(0, str(ROOT))
 
-from engine.memory import FusionWeights, MemoryRecall, MemoryWriter, TurnRecord, fuse  # noqa: E402
+from engine.memory import FusionWeights, MemoryRecall, MemoryWriter, TurnRecord, fuse, memory_text  # noqa: E402
 from engine.ports import MemoryRecord, StoredMessage, VectorHit  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ _SESSION = re.compile(r"session_(\d+)")
 _BATCH = 64
 # the leave-one-out grid: few parameters, round values
 GRID_KEYWORD = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
-GRID_RECENCY = (0.0, 0.05, 0.1)
+GRID_RECENCY = (0.0, 0.05)
+GRID_SPEAKER = (0.0, 0.2, 0.4)
 GRID_POOL = (4, 10)  # times k=5: 20 and 50 candidates per list
 
 
@@ -82,6 +83,16 @@ class Conversation:
     """stored message id → dialog id"""
     questions: list[Question] = field(default_factory=list)
     skipped: int = 0
+
+    def turns(self) -> list[tuple[StoredMessage, str]]:
+        """Each message with the turn it followed in its session ("" for a session's first)."""
+        out, previous = [], None
+        for m in self.messages:
+            same_session = previous is not None and previous.platform_message_id == m.platform_message_id
+            follows = memory_text(previous.user_name, previous.content) if same_session else ""
+            out.append((m, follows))
+            previous = m
+        return out
 
 
 def parse_session_date(text: str) -> datetime:
@@ -209,9 +220,9 @@ async def run(
 
         started = time.perf_counter()
         for conv in conversations:
-            for i in range(0, len(conv.messages), _BATCH):
-                batch = conv.messages[i : i + _BATCH]
-                await writer.write([TurnRecord(user_message=m, reply=None) for m in batch])
+            turns = [TurnRecord(user_message=m, reply=None, follows=follows) for m, follows in conv.turns()]
+            for i in range(0, len(turns), _BATCH):
+                await writer.write(turns[i : i + _BATCH])
         ingest_s = time.perf_counter() - started
         turns = sum(len(c.messages) for c in conversations)
         memories = sum([await store.count_memories(f"locomo:{c.sample_id}") for c in conversations])
@@ -275,8 +286,8 @@ async def leave_one_out(
             rows.append((q, [h for h in dense if h.similarity >= min_similarity], keyword))
 
     grid = [
-        FusionWeights(keyword=kw, dense=round(1 - kw, 2), recency=rec, pool=pool)
-        for kw, rec, pool in itertools.product(GRID_KEYWORD, GRID_RECENCY, GRID_POOL)
+        FusionWeights(keyword=kw, dense=round(1 - kw, 2), recency=rec, speaker=speaker, pool=pool)
+        for kw, rec, speaker, pool in itertools.product(GRID_KEYWORD, GRID_RECENCY, GRID_SPEAKER, GRID_POOL)
     ]
     by_conv = {c.sample_id: c for c in conversations}
 
@@ -284,7 +295,7 @@ async def leave_one_out(
         conv, n = by_conv[sample_id], w.pool_size(5)
         out = []
         for q, dense, keyword in candidates[sample_id]:
-            hits = fuse(dense[:n], keyword[:n], 5, w)
+            hits = fuse(dense[:n], keyword[:n], 5, w, query=q.text)
             ranked = [conv.dia_ids[s] for h in hits for s in h.source_message_ids if s in conv.dia_ids]
             out.append(score_question(ranked, q.evidence, 5)[0])
         return out
@@ -306,6 +317,7 @@ async def leave_one_out(
                 "chosen": {
                     "keyword": grid[best].keyword,
                     "recency": grid[best].recency,
+                    "speaker": grid[best].speaker,
                     "pool": grid[best].pool,
                 },
                 "train_any@5": round(train_score(best), 4),
@@ -316,11 +328,22 @@ async def leave_one_out(
     all_scores = {i: [s for sid in candidates for s in table[(sid, i)]] for i in range(len(grid))}
     total = sum(f["test_questions"] for f in folds)
     return {
-        "grid": {"keyword": GRID_KEYWORD, "recency": GRID_RECENCY, "pool": GRID_POOL},
+        "grid": {
+            "keyword": GRID_KEYWORD,
+            "recency": GRID_RECENCY,
+            "speaker": GRID_SPEAKER,
+            "pool": GRID_POOL,
+        },
         "folds": folds,
         "pooled_test_any@5": round(sum(f["test_any@5"] * f["test_questions"] for f in folds) / total, 4),
         "all_settings_any@5": [
-            {"keyword": w.keyword, "recency": w.recency, "pool": w.pool, "any@5": round(sum(s) / len(s), 4)}
+            {
+                "keyword": w.keyword,
+                "recency": w.recency,
+                "speaker": w.speaker,
+                "pool": w.pool,
+                "any@5": round(sum(s) / len(s), 4),
+            }
             for w, s in ((grid[i], all_scores[i]) for i in range(len(grid)))
         ],
     }

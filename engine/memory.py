@@ -5,20 +5,21 @@ keyword index (``ConversationStore.keyword_search``: FTS5 BM25 | PostgreSQL ``ts
 asked as soon as the message arrives, the vector store (one partition per user, so never a
 filtered scan) as soon as the message is embedded; :func:`fuse` merges the two candidate lists
 (each scaled by its best score, keyword weighted above dense; recency and importance as small
-extra terms). Without a keyword index, recall is dense only. Provenance travels in the vector
-metadata and the memory rows, so a recall is one embedding, one vector query and one keyword
-query. See ``engine/MEMORY_RECALL.md`` for the measurements behind the weights.
+extra terms; memories said by someone the message names ranked up). Without a keyword index,
+recall is dense only. Provenance travels in the vector metadata and the memory rows, so a recall
+is one embedding, one vector query and one keyword query. The README's Memory section has the
+LoCoMo measurements behind the weights.
 
 ``MemoryWriter`` owns a bounded queue and one worker task. After a reply the engine
 submits a :class:`TurnRecord`; the worker stores the assistant's turn, turns the user's
-message into a memory (the speaker's name kept in the text; its time in the metadata) and
-writes vectors and metadata. The recall query is that same text, so its embedding,
+message into a memory (the speaker's name kept in the text; its time in the metadata; the day
+and the turn it followed kept as keyword-only :func:`search_context`) and writes vectors and
+metadata. The recall query is that same text, so its embedding,
 computed on the reply path anyway, is reused: the writer embeds only what has none.
 A full queue makes ``submit`` wait (back-pressure) rather than drop anything; ``aclose``
 drains the queue before it stops.
 
-With a store that supports memory care (``engine.memory_care.MemoryCareStore``) the writer
-also scores importance, reinforces near-duplicates instead of copying them, supersedes
+The writer also scores importance, reinforces near-duplicates instead of copying them, supersedes
 contradicted memories (left out of recall, kept as history) and marks recalled memories
 used: see ``engine/memory_care.py``.
 """
@@ -28,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
@@ -36,7 +38,7 @@ from typing import Protocol
 from engine.background import drain_and_stop
 from engine.errors import WhisperEngineError
 from engine.events import MemoryHit, new_id, utcnow
-from engine.memory_care import CarePolicy, MemoryCareStore, contradicts, score_importance
+from engine.memory_care import CarePolicy, contradicts, score_importance
 from engine.ports import (
     ConversationStore,
     Embedder,
@@ -47,11 +49,13 @@ from engine.ports import (
     VectorHit,
     VectorItem,
     VectorMemory,
+    WorkQueue,
 )
 
 logger = logging.getLogger(__name__)
 
 MIN_MEMORY_CHARS = 12
+MAX_SPEAKER_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +68,28 @@ class TurnRecord:
     """The embedding of ``memory_text`` of the user's message, when recall computed it."""
     recalled_ids: tuple[str, ...] = ()
     """The memories recall found for this message: marked used in the background."""
+    follows: str = ""
+    """The turn the user's message followed in the conversation (``memory_text`` of it), if any."""
 
 
 def memory_text(user_name: str, content: str) -> str:
     """What is stored, embedded and queried: who said it matters as much as what was said."""
     return f"{user_name}: {content.strip()}"
+
+
+def speaker_of(text: str) -> str:
+    """Who said a memory made by :func:`memory_text` ("" when the text has no speaker)."""
+    name, sep, _ = text.partition(": ")
+    return name if sep and 0 < len(name) <= MAX_SPEAKER_CHARS else ""
+
+
+def search_context(said_at: datetime, follows: str) -> str:
+    """Keyword-only words of a memory: the day it was said and the turn it followed.
+
+    "Yes, it was amazing!" is found by the question it answered; "in May 2023" by its date.
+    """
+    day = f"{said_at.day} {said_at:%B %Y}"
+    return f"{day}\n{follows.strip()}" if follows.strip() else day
 
 
 def worth_remembering(content: str) -> bool:
@@ -122,18 +143,22 @@ class FusionWeights:
     Each list's scores are divided by that list's best score (so each lies in [0, 1], the best
     match of each list at 1, a candidate missing from a list at 0), then
 
-        score = keyword * kw + dense * cos + recency * 0.5 ** (age / half_life) + importance * (imp - 0.5)
+        score = keyword * kw + dense * cos + recency * 0.5 ** (age / half_life)
+                + importance * (imp - 0.5) + speaker * [the query names who said it]
 
     where age is counted back from the newest candidate (so a ranking never depends on the
-    wall clock). ``pool``: how many candidates each list contributes, as a multiple of ``k``.
+    wall clock), and the speaker term applies when the query contains, as a word, the name
+    the memory's text starts with ("When did Melanie paint?" prefers what Melanie said).
+    ``pool``: how many candidates each list contributes, as a multiple of ``k``.
     """
 
-    keyword: float = 0.6
-    dense: float = 0.4
+    keyword: float = 0.8
+    dense: float = 0.2
     recency: float = 0.05
     importance: float = 0.05
+    speaker: float = 0.4
     half_life_days: float = 30.0
-    pool: int = 4
+    pool: int = 10
     min_pool: int = 20
 
     def pool_size(self, k: int) -> int:
@@ -159,8 +184,11 @@ def fuse(
     keyword: Sequence[tuple[MemoryRecord, float]],
     k: int,
     weights: FusionWeights,
+    *,
+    query: str = "",
 ) -> list[MemoryHit]:
-    """The ``k`` best of both candidate lists under ``weights``; each hit's score is its fused score."""
+    """The ``k`` best of both candidate lists for ``query`` under ``weights``; each hit's score
+    is its fused score."""
     candidates: dict[str, _Candidate] = {}
     for hit, scaled in zip(dense, _scaled([h.similarity for h in dense]), strict=True):
         meta = dict(hit.metadata)
@@ -176,6 +204,7 @@ def fuse(
         return []
     newest = max(c.hit.created_at for c in candidates.values())
     half_life_s = weights.half_life_days * 86400.0
+    named = _named_speakers(query, {speaker_of(c.hit.text) for c in candidates.values()})
 
     def score(c: _Candidate) -> float:
         age_s = max((newest - c.hit.created_at).total_seconds(), 0.0)
@@ -184,10 +213,21 @@ def fuse(
             + weights.dense * c.dense
             + weights.recency * float(0.5 ** (age_s / half_life_s))
             + weights.importance * (c.importance - 0.5)
+            + (weights.speaker if named and speaker_of(c.hit.text) in named else 0.0)
         )
 
     ranked = sorted(candidates.values(), key=score, reverse=True)[:k]
     return [replace(c.hit, score=score(c)) for c in ranked]
+
+
+def _named_speakers(query: str, speakers: set[str]) -> set[str]:
+    """The speakers whose name the query contains as a word (any case)."""
+    lowered = query.casefold()
+    return {
+        name
+        for name in speakers
+        if name and re.search(rf"(?<!\w){re.escape(name.casefold())}(?!\w)", lowered)
+    }
 
 
 def _importance(value: MetadataValue | None) -> float:
@@ -258,14 +298,14 @@ class MemoryRecall:
                 with contextlib.suppress(asyncio.CancelledError, WhisperEngineError):
                     await keyword_task
             raise
-        return await self._recall(user_key, embedding, k, keyword_task), embedding
+        return await self._recall(user_key, embedding, k, keyword_task, text), embedding
 
     async def recall_by_vector(
         self, user_key: str, embedding: Vector, k: int | None = None, *, text: str | None = None
     ) -> list[MemoryHit]:
         """Memories near ``embedding``; hybrid when ``text`` (the words to match) is given."""
         keyword_task = self._keyword_task(user_key, text, k) if text and text.strip() else None
-        return await self._recall(user_key, embedding, k, keyword_task)
+        return await self._recall(user_key, embedding, k, keyword_task, text or "")
 
     def _keyword_task(
         self, user_key: str, text: str, k: int | None
@@ -281,6 +321,7 @@ class MemoryRecall:
         embedding: Vector,
         k: int | None,
         keyword_task: asyncio.Future[list[tuple[MemoryRecord, float]]] | None,
+        text: str = "",
     ) -> list[MemoryHit]:
         k = k or self.top_k
         if keyword_task is None:
@@ -294,7 +335,7 @@ class MemoryRecall:
             self._vectors.query(user_key, embedding, self.weights.pool_size(k)), keyword_task
         )
         dense = [h for h in dense if h.similarity >= self.min_similarity and not _superseded(h)]
-        return fuse(dense, keyword, k, self.weights)
+        return fuse(dense, keyword, k, self.weights, query=text)
 
     async def forget(self, user_key: str) -> None:
         await self._vectors.drop_scope(user_key)
@@ -312,15 +353,20 @@ class MemoryWriter:
         queue_size: int = 1000,
         batch_size: int = 32,
         policy: CarePolicy | None = None,
+        queue: WorkQueue[TurnRecord] | None = None,
     ) -> None:
         self._store = store
-        self._care: MemoryCareStore | None = store if isinstance(store, MemoryCareStore) else None
         self.policy = policy or CarePolicy()
+        self._care_lock = asyncio.Lock()  # the worker and ``remember`` never interleave care
+        self.observers: list[Callable[[Sequence[StoredMessage]], None]] = []
+        """Called with the user messages of each written batch that were worth remembering
+        (the fact extractor's feed); must return at once."""
         self.reinforced = 0
         self.superseded = 0
         self._vectors = vectors
         self._embedder = embedder
-        self._queue: asyncio.Queue[TurnRecord] = asyncio.Queue(maxsize=queue_size)
+        # in-process by default; a shared queue (Redis) lets several processes write the memories
+        self._queue: WorkQueue[TurnRecord] = queue if queue is not None else asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._worker: asyncio.Task[None] | None = None
         self.written = 0
@@ -367,12 +413,11 @@ class MemoryWriter:
         for turn in batch:
             if turn.reply is not None:
                 await self._store.add_message(turn.reply)
-        if self._care is not None:
-            for turn in batch:
-                if turn.recalled_ids:
-                    await self._care.mark_memories_used(
-                        turn.user_message.user_key, turn.recalled_ids, at=utcnow()
-                    )
+        for turn in batch:
+            if turn.recalled_ids:
+                await self._store.mark_memories_used(
+                    turn.user_message.user_key, turn.recalled_ids, at=utcnow()
+                )
         remembered = [turn for turn in batch if worth_remembering(turn.user_message.content)]
         records = [
             MemoryRecord(
@@ -381,30 +426,35 @@ class MemoryWriter:
                 text=memory_text(m.user_name, m.content),
                 created_at=m.created_at,
                 kind="message",
-                importance=score_importance(m.content) if self._care is not None else 0.5,
+                importance=score_importance(m.content),
                 platform=m.platform,
                 channel_id=m.channel_id,
                 source_message_ids=(m.id,),
+                search_context=search_context(m.created_at, turn.follows),
             )
-            for m in (turn.user_message for turn in remembered)
+            for turn in remembered
+            for m in (turn.user_message,)
         ]
+        if records:
+            embeddings = await self._embeddings(records, [turn.embedding for turn in remembered])
+            async with self._care_lock:
+                for record, embedding in zip(records, embeddings, strict=True):
+                    await self._write_with_care(record, embedding)
+        if remembered:
+            for observe in self.observers:
+                observe([turn.user_message for turn in remembered])
+
+    async def remember(self, records: Sequence[MemoryRecord]) -> None:
+        """Write memories made elsewhere (extracted facts) with the same care as the user's
+        messages: embedded in one batch, then each deduplicated or superseding."""
         if not records:
             return
-        embeddings = await self._embeddings(records, [turn.embedding for turn in remembered])
-        if self._care is not None:
+        embeddings = await self._embeddings(records, [None] * len(records))
+        async with self._care_lock:
             for record, embedding in zip(records, embeddings, strict=True):
-                await self._write_with_care(self._care, record, embedding)
-            return
-        by_user: dict[str, list[VectorItem]] = {}
-        for record, embedding in zip(records, embeddings, strict=True):
-            by_user.setdefault(record.user_key, []).append(
-                VectorItem(id=record.id, text=record.text, embedding=embedding, metadata=_metadata(record))
-            )
-        await self._store.add_memories(records)
-        for user_key, items in by_user.items():
-            await self._vectors.add(user_key, items)
+                await self._write_with_care(record, embedding)
 
-    async def _write_with_care(self, care: MemoryCareStore, record: MemoryRecord, embedding: Vector) -> None:
+    async def _write_with_care(self, record: MemoryRecord, embedding: Vector) -> None:
         """One memory, checked against its nearest current memories: a contradicted one is
         superseded, a duplicate reinforced (and nothing new stored), otherwise it is added."""
         policy = self.policy
@@ -414,24 +464,34 @@ class MemoryWriter:
             for h in await self._vectors.query(user_key, embedding, policy.neighbours)
             if not _superseded(h) and h.id != record.id and h.similarity >= policy.related_similarity
         ]
-        contradicted = [h for h in neighbours if contradicts(h.text, record.text)]
+        contradicted = [  # a message never contradicts itself: a fact drawn from it leaves it be
+            h
+            for h in neighbours
+            if contradicts(h.text, record.text)
+            and not set(record.source_message_ids) & set(str(h.metadata.get("sources") or "").split(","))
+        ]
         duplicate = next(
             (h for h in neighbours if h.similarity >= policy.duplicate_similarity and h not in contradicted),
             None,
         )
         at = utcnow()
         if duplicate is not None and not contradicted:
-            [source] = record.source_message_ids
-            if source in str(duplicate.metadata.get("sources") or "").split(","):
+            known = str(duplicate.metadata.get("sources") or "").split(",")
+            fresh = [source for source in record.source_message_ids if source not in known]
+            if not fresh:
                 return  # the same message written again: nothing new was said
-            state = await care.reinforce_memory(
-                user_key,
-                duplicate.id,
-                source_message_id=source,
-                at=at,
-                importance_delta=policy.reinforce_delta,
-                max_importance=policy.max_importance,
-            )
+            state = None
+            for source in fresh:  # one mention per message that said it; importance up once
+                state = await self._store.reinforce_memory(
+                    user_key,
+                    duplicate.id,
+                    source_message_id=source,
+                    at=at,
+                    importance_delta=policy.reinforce_delta if source == fresh[0] else 0.0,
+                    max_importance=policy.max_importance,
+                )
+                if state is None:
+                    break
             if state is not None:
                 meta = dict(duplicate.metadata)
                 meta.update(
@@ -448,7 +508,7 @@ class MemoryWriter:
             [VectorItem(id=record.id, text=record.text, embedding=embedding, metadata=_metadata(record))],
         )
         for old in contradicted:
-            if await care.supersede_memory(user_key, old.id, superseded_by=record.id, at=at):
+            if await self._store.supersede_memory(user_key, old.id, superseded_by=record.id, at=at):
                 await self._refresh_vector(user_key, old, {**old.metadata, "superseded_by": record.id})
                 self.superseded += 1
 

@@ -16,7 +16,9 @@ After a reply the recalled memories are marked used (``use_count``, ``last_used_
 :func:`effective_importance` decays a memory's importance with the time since it was last
 used (or written); :class:`MemoryCare` periodically deletes memories that have been idle past
 the retention, were never reinforced, and whose effective importance fell below a floor —
-from SQL (and so the keyword index) and from the vector store — at most ``batch_size`` per run.
+from SQL (and so the keyword index) and from the vector store — at most ``batch_size`` per run —
+then runs its ``compactor`` (``engine/compaction.py``: old turns into session summaries).
+The store methods memory care uses are part of the ``ConversationStore`` port.
 
 Thresholds measured with all-MiniLM-L6-v2 on "Alice: ..." texts: paraphrases and restatements
 0.97-0.99 ("my dog is called Rex" / "My dog's name is Rex" 0.969); same slot, other value
@@ -31,14 +33,13 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from engine.errors import WhisperEngineError
 from engine.events import utcnow
-from engine.ports import VectorMemory
+from engine.ports import ConversationStore, MemoryState, VectorMemory
 
 logger = logging.getLogger(__name__)
 
@@ -59,66 +60,6 @@ class CarePolicy:
     cleanup_max_importance: float = 0.7
     """Memories scored at least this important are never cleaned up, however old."""
     batch_size: int = 200
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryState:
-    """A memory's care fields, as the store keeps them."""
-
-    id: str
-    user_key: str
-    importance: float
-    created_at: datetime
-    updated_at: datetime
-    last_used_at: datetime | None = None
-    use_count: int = 0
-    mentions: int = 1
-    superseded_by: str | None = None
-    source_message_ids: tuple[str, ...] = ()
-
-
-@runtime_checkable
-class MemoryCareStore(Protocol):
-    """What memory care needs of the conversation store beyond the ``ConversationStore`` port.
-
-    Every method is scoped to ``user_key``: another user's memory id is never changed.
-    """
-
-    async def reinforce_memory(
-        self,
-        user_key: str,
-        memory_id: str,
-        *,
-        source_message_id: str,
-        at: datetime,
-        importance_delta: float,
-        max_importance: float = 1.0,
-    ) -> MemoryState | None:
-        """Importance up (capped), mentions up, the source added once; None if not the user's."""
-        ...
-
-    async def supersede_memory(
-        self, user_key: str, memory_id: str, *, superseded_by: str, at: datetime
-    ) -> bool:
-        """Mark the user's memory as replaced by ``superseded_by``; False if not the user's."""
-        ...
-
-    async def mark_memories_used(self, user_key: str, ids: Sequence[str], *, at: datetime) -> int:
-        """``use_count`` + 1 and ``last_used_at = at`` for the user's memories with these ids."""
-        ...
-
-    async def memory_states(self, user_key: str, ids: Sequence[str] | None = None) -> list[MemoryState]:
-        """The care fields of the user's memories (all of them without ``ids``)."""
-        ...
-
-    async def stale_memories(
-        self, *, idle_before: datetime, max_importance: float, max_mentions: int, after_id: str, limit: int
-    ) -> list[MemoryState]:
-        """Memories of any user not written or used since ``idle_before``, importance below
-        ``max_importance``, mentioned at most ``max_mentions`` times, id > ``after_id``, by id."""
-        ...
-
-    async def delete_memories(self, user_key: str, ids: Sequence[str]) -> int: ...
 
 
 # --- rules ---------------------------------------------------------------------------------
@@ -224,6 +165,15 @@ def effective_importance(state: MemoryState, now: datetime, half_life_days: floa
 class CareReport:
     scanned: int
     deleted: int
+    sessions_compacted: int = 0
+
+
+class CareJob(Protocol):
+    """A further bounded job run after each cleanup (``engine.compaction.SessionCompactor``)."""
+
+    async def run_once(self, now: datetime) -> int:
+        """One bounded pass; returns how many items it produced."""
+        ...
 
 
 class MemoryCare:
@@ -231,21 +181,24 @@ class MemoryCare:
 
     ``run_once(now)`` looks at no more than ``policy.batch_size`` candidates (walking the
     table by id across runs, so no candidate is starved) and deletes the ones whose effective
-    importance fell below ``policy.cleanup_below``. ``start()`` runs it every ``interval_s``.
+    importance fell below ``policy.cleanup_below``; then ``compactor`` (when given) turns old
+    turns into session summaries. ``start()`` runs it every ``interval_s``.
     """
 
     def __init__(
         self,
-        store: MemoryCareStore,
+        store: ConversationStore,
         vectors: VectorMemory,
         *,
         policy: CarePolicy | None = None,
         interval_s: float = 3600.0,
+        compactor: CareJob | None = None,
     ) -> None:
         self._store = store
         self._vectors = vectors
         self.policy = policy or CarePolicy()
         self.interval_s = interval_s
+        self.compactor = compactor
         self._cursor = ""
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
@@ -270,11 +223,16 @@ class MemoryCare:
             except WhisperEngineError:
                 logger.exception("memory care run failed")
                 continue
-            if report.deleted:
-                logger.info("memory care: %d of %d candidates deleted", report.deleted, report.scanned)
+            if report.deleted or report.sessions_compacted:
+                logger.info(
+                    "memory care: %d of %d candidates deleted, %d sessions compacted",
+                    report.deleted,
+                    report.scanned,
+                    report.sessions_compacted,
+                )
 
     async def run_once(self, now: datetime) -> CareReport:
-        """One bounded pass of cleanup; returns how many memories it looked at and deleted."""
+        """One bounded pass of cleanup (and compaction); returns what it looked at and did."""
         policy = self.policy
         candidates = await self._store.stale_memories(
             idle_before=now - timedelta(days=policy.retention_days),
@@ -294,4 +252,5 @@ class MemoryCare:
             await self._vectors.delete(user_key, ids)
         self.runs += 1
         self.deleted += deleted
-        return CareReport(scanned=len(candidates), deleted=deleted)
+        compacted = await self.compactor.run_once(now) if self.compactor is not None else 0
+        return CareReport(scanned=len(candidates), deleted=deleted, sessions_compacted=compacted)

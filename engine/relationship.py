@@ -369,6 +369,11 @@ class RelationshipTracker:
         await drain_and_stop(self._worker, self._queue, timeout_s=timeout_s, what="relationship tracker")
         self._worker = None
 
+    @property
+    def depth(self) -> int:
+        """Observations waiting to be written."""
+        return self._queue.qsize()
+
     async def drain(self) -> None:
         """Wait until every observation so far has been written (or failed and been logged)."""
         await self._queue.join()

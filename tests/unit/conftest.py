@@ -20,9 +20,10 @@ from storage.sql import SQLConversationStore
 
 @asynccontextmanager
 async def engine_for(
-    tmp_path: Path, llm: FakeLLM, config: EngineConfig | None = None
+    tmp_path: Path, llm: FakeLLM, config: EngineConfig | None = None, *, database_url: str | None = None
 ) -> AsyncIterator[Engine]:
-    store = SQLConversationStore(f"sqlite:///{tmp_path / 'engine.db'}")
+    """``database_url``: the store's database (default: a new SQLite file under ``tmp_path``)."""
+    store = SQLConversationStore(database_url or f"sqlite:///{tmp_path / 'engine.db'}")
     cache = MemoryCache()
     vectors = InMemoryVectorMemory()
     embedder = FakeEmbedder()

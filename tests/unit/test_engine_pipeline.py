@@ -115,6 +115,40 @@ async def test_memories_are_written_in_the_background_and_recalled_for_the_same_
         assert "Alice" in hit.text
 
 
+async def test_a_memory_is_found_by_the_question_it_answered(make_engine) -> None:
+    llm = FakeLLM(lambda msgs: "How was the pottery class?" if "pottery" in msgs[-1].content else "ok")
+    async with make_engine(llm) as engine:
+        await engine.handle(dm("I went to my first pottery workshop today")).collect()
+        await engine.handle(dm("Honestly it was wonderful, I loved it")).collect()
+        await engine.writer.drain()
+        found = await engine.store.keyword_search("test:u1", "how was the class", 5)
+        [answer] = [m for m, _ in found if "wonderful" in m.text]
+        bot_name = engine.bot_name
+        assert answer.search_context.endswith(f"{bot_name}: How was the pottery class?")
+        assert answer.text == "Alice: Honestly it was wonderful, I loved it"
+
+        # in a channel the turn before may be someone else's: it is not kept with the memory
+        group = {"is_direct": False, "channel_id": "general"}
+        await engine.handle(
+            UniversalMessage(
+                content="my pottery teacher is Ines", user_id="u9", user_name="Bob", platform="test", **group
+            )
+        ).collect()
+        await engine.handle(
+            UniversalMessage(
+                content="Honestly the glaze came out wonderful",
+                user_id="u1",
+                user_name="Alice",
+                platform="test",
+                **group,
+            )
+        ).collect()
+        await engine.writer.drain()
+        [glaze] = [m for m in await engine.store.list_memories("test:u1") if "glaze" in m.text]
+        assert "\n" not in glaze.search_context  # the date only, not the bot's answer to Bob
+        assert "pottery" not in glaze.search_context
+
+
 async def test_group_chat_prompts_name_the_speakers(make_engine) -> None:
     llm = FakeLLM("hi both")
     async with make_engine(llm) as engine:

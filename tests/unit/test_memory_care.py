@@ -3,13 +3,34 @@ reinforce, contradictions supersede, recall marks use, cleanup removes what is i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from engine.events import UniversalMessage, utcnow
+from engine.fakes import FakeLLM
 from engine.memory_care import CarePolicy, MemoryState, contradicts, effective_importance, score_importance
 from engine.pipeline import Engine
+from tests.conftest import fresh_postgres_database, require_postgres
+from tests.unit.conftest import engine_for
 
 USER = "test:u1"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_engine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., AbstractAsyncContextManager[Engine]]]:
+    """The engine on SQLite, and on a fresh PostgreSQL database: care behaves the same on both."""
+    if request.param == "sqlite":
+        yield lambda llm=None: engine_for(tmp_path, llm or FakeLLM())
+        return
+    require_postgres()
+    with fresh_postgres_database("we_test_care") as url:
+        yield lambda llm=None: engine_for(tmp_path, llm or FakeLLM(), database_url=url)
 
 
 def dm(text: str, **kw: object) -> UniversalMessage:

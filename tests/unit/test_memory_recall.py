@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from engine.fakes import FakeEmbedder, InMemoryVectorMemory
-from engine.memory import FusionWeights, MemoryRecall, MemoryWriter, TurnRecord, fuse
+from engine.memory import (
+    FusionWeights,
+    MemoryRecall,
+    MemoryWriter,
+    TurnRecord,
+    fuse,
+    search_context,
+    speaker_of,
+)
 from engine.ports import MemoryRecord, StoredMessage, VectorHit
 from storage.sql import SQLConversationStore
 
@@ -56,6 +64,51 @@ def test_fuse_recency_and_importance_break_ties_only_when_weighted() -> None:
         "old",
         "new",
     ]
+
+
+def test_fuse_prefers_what_the_person_the_query_names_said() -> None:
+    dense = [
+        VectorHit("mel", "Caroline: Melanie painted a sunrise", 0.6, vhit("mel", 0).metadata),
+        VectorHit("by-mel", "Melanie: I painted the lake at dawn", 0.5, vhit("by-mel", 0).metadata),
+    ]
+    plain = FusionWeights(keyword=0, dense=1, recency=0, importance=0, speaker=0)
+    assert [h.memory_id for h in fuse(dense, [], 2, plain, query="When did Melanie paint?")] == [
+        "mel",
+        "by-mel",
+    ]
+    named = FusionWeights(keyword=0, dense=1, recency=0, importance=0, speaker=0.4)
+    hits = fuse(dense, [], 2, named, query="When did MELANIE paint?")
+    assert [h.memory_id for h in hits] == ["by-mel", "mel"]
+    assert abs(hits[0].score - (0.5 / 0.6 + 0.4)) < 1e-9
+    # a name counts as a whole word only, and only when the query has one
+    assert [h.memory_id for h in fuse(dense, [], 2, named, query="Melanies?")] == ["mel", "by-mel"]
+    assert [h.memory_id for h in fuse(dense, [], 2, named)] == ["mel", "by-mel"]
+
+
+def test_speaker_and_search_context_of_a_memory() -> None:
+    assert speaker_of("Melanie: I painted a sunrise") == "Melanie"
+    assert speaker_of("no speaker here") == ""
+    assert speaker_of(": empty name") == ""
+    assert search_context(T0, "") == "8 May 2023"
+    assert search_context(T0, " Caroline: how was it? ") == "8 May 2023\nCaroline: how was it?"
+
+
+async def test_writer_keeps_the_turn_a_message_followed_for_keyword_search(tmp_path: Path) -> None:
+    store = SQLConversationStore(f"sqlite:///{tmp_path / 'm.db'}")
+    await store.start()
+    try:
+        writer = MemoryWriter(store, InMemoryVectorMemory(), FakeEmbedder())
+        said = StoredMessage(
+            id="m1", conversation_key="c", user_key="u", role="user", content="Yes, it was amazing, truly!",
+            platform="p", channel_id="c", created_at=T0, user_name="Ana",
+        )  # fmt: skip
+        await writer.write([TurnRecord(said, None, follows="Bot: How was the pottery class?")])
+        [(found, _)] = await store.keyword_search("u", "pottery", 5)
+        assert found.text == "Ana: Yes, it was amazing, truly!"
+        assert found.search_context == "8 May 2023\nBot: How was the pottery class?"
+        assert found.source_message_ids == ("m1",)
+    finally:
+        await store.aclose()
 
 
 async def test_hybrid_recall_finds_a_rare_word_dense_misses(tmp_path: Path) -> None:
