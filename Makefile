@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.voice
 	$(BIN)/python -m benchmarks.emotion
 	$(BIN)/python -m benchmarks.locomo --data $(LOCOMO)
+	$(BIN)/python -m benchmarks.load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

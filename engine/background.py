@@ -7,11 +7,13 @@ import contextlib
 import logging
 from typing import Any
 
+from engine.ports import WorkQueue
+
 logger = logging.getLogger(__name__)
 
 
 async def drain_and_stop(
-    worker: asyncio.Task[None], queue: asyncio.Queue[Any], *, timeout_s: float, what: str
+    worker: asyncio.Task[None], queue: WorkQueue[Any], *, timeout_s: float, what: str
 ) -> None:
     """Let ``worker`` finish what ``queue`` holds (at most ``timeout_s``), then cancel it."""
     try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
+from engine.breaker import BreakerSnapshot, BreakerState
 from engine.errors import WhisperEngineError
 
 Status = Literal["ok", "degraded", "down"]
@@ -42,3 +43,22 @@ def overall(components: Mapping[str, ComponentHealth]) -> Status:
     if not statuses or statuses == {"ok"}:
         return "ok"
     return "degraded"
+
+
+def with_circuits(checked: ComponentHealth, circuits: Sequence[BreakerSnapshot]) -> ComponentHealth:
+    """A component's probed health, corrected by the circuit breakers of its backends.
+
+    Every circuit open: ``down`` (calls are refused at once, whatever the probe says). Some not
+    closed: at best ``degraded``, naming them. All closed (or no breakers): as probed.
+    """
+    troubled = [c for c in circuits if c.state is not BreakerState.CLOSED]
+    if not troubled:
+        return checked
+    detail = "; ".join(
+        f"{c.name}: circuit {c.state}" + (f" ({c.last_error})" if c.last_error else "") for c in troubled
+    )
+    if checked.detail:
+        detail = f"{checked.detail}; {detail}"
+    all_open = all(c.state is BreakerState.OPEN for c in circuits)
+    status: Status = "down" if all_open or checked.status == "down" else "degraded"
+    return replace(checked, status=status, detail=detail)

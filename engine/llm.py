@@ -14,6 +14,12 @@ Retries
     gets a single attempt, without retries, until it succeeds again: a dead primary costs
     one quick attempt per reply rather than a full backoff sequence.
 
+    With ``breaker_failures`` set, each backend also has a circuit breaker
+    (``engine/breaker.py``): after that many failed attempts in a row the backend is skipped
+    outright (no attempt, no timeout) until ``breaker_reset_s`` has passed; then one reply
+    tries it once (half-open), and its outcome closes or re-opens the circuit. When every
+    backend's circuit is open the reply fails at once.
+
     Once a chunk has been handed to the caller nothing is retried (it would repeat
     text): the failure is raised as ``LLMError`` (``LLMTimeout`` for a timeout).
 
@@ -43,6 +49,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from engine.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, backoff_delay
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
 from engine.ports import LLM
@@ -69,6 +76,8 @@ class BackendStats:
     """Unix time of the last failure."""
     last_success_at: float | None = None
     """Unix time of the last stream that produced a chunk."""
+    circuit: BreakerState | None = None
+    """The backend's circuit breaker state; None without breakers."""
 
 
 class _Health:
@@ -157,6 +166,9 @@ class ResilientLLM:
         backoff_max_s: float = 8.0,
         sleep: SleepFn = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        breaker_failures: int | None = None,
+        breaker_reset_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not backends:
             raise ValueError("ResilientLLM needs at least one backend")
@@ -173,6 +185,17 @@ class ResilientLLM:
         self._sleep = sleep
         self._jitter = jitter
         self._health = [_Health() for _ in self._backends]
+        self._breakers: list[CircuitBreaker | None] = [
+            CircuitBreaker(
+                f"LLM {b.name}",
+                failure_threshold=breaker_failures,
+                reset_timeout_s=breaker_reset_s,
+                clock=clock,
+            )
+            if breaker_failures
+            else None
+            for b in self._backends
+        ]
         self.last_backend: str | None = None
         """Name of the backend that produced the latest reply (shared by concurrent replies:
         prefer the ``backend`` of the stream returned by :meth:`stream`)."""
@@ -214,6 +237,10 @@ class ResilientLLM:
                 return
         raise BackendUnavailable("LLM", "; ".join(failures))
 
+    def circuits(self) -> list[BreakerSnapshot]:
+        """The backends' circuit breakers, in fallback order; empty without breakers."""
+        return [breaker.snapshot() for breaker in self._breakers if breaker is not None]
+
     def stats(self) -> list[BackendStats]:
         """One snapshot per backend, in fallback order."""
         return [
@@ -226,8 +253,9 @@ class ResilientLLM:
                 last_error=h.last_error,
                 last_error_at=h.last_error_at,
                 last_success_at=h.last_success_at,
+                circuit=None if breaker is None else breaker.state,
             )
-            for b, h in zip(self._backends, self._health, strict=True)
+            for b, h, breaker in zip(self._backends, self._health, self._breakers, strict=True)
         ]
 
     def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float) -> LLMStream:
@@ -242,23 +270,35 @@ class ResilientLLM:
         failures: list[str] = []
         last_exc: Exception | None = None
         last_index = len(self._backends) - 1
-        for index, (backend, health) in enumerate(zip(self._backends, self._health, strict=True)):
-            probe_only = health.failed_last_call and index < last_index
+        for index, (backend, health, breaker) in enumerate(
+            zip(self._backends, self._health, self._breakers, strict=True)
+        ):
+            trial = breaker is not None and breaker.state is BreakerState.HALF_OPEN
+            if breaker is not None and not breaker.allow():
+                failures.append(f"{backend.name}: circuit open ({breaker.last_error})")
+                continue
+            probe_only = trial or (health.failed_last_call and index < last_index)
             attempts = 1 if probe_only else self._max_retries + 1
             for attempt in range(attempts):
                 if attempt:
                     await self._sleep(self._backoff(attempt - 1))
                 health.attempts += 1
                 produced = False
+                outcome_known = False
                 chunks = self._attempt(backend, messages, max_tokens, temperature)
                 try:
                     async for chunk in chunks:
                         if not produced:
-                            produced = True
+                            produced = outcome_known = True
                             health.succeeded()
+                            if breaker is not None:
+                                breaker.record_success()
                             self.last_backend = handle.backend = backend.name
                         yield chunk
                 except (LLMError, BackendUnavailable) as exc:
+                    outcome_known = True
+                    if breaker is not None:
+                        breaker.record_failure(_describe(exc))
                     if produced:
                         health.failed(_describe(exc))
                         logger.warning("LLM %s failed mid-stream: %s", backend.name, _describe(exc))
@@ -272,14 +312,20 @@ class ResilientLLM:
                     )
                     if not _retry_same_backend(exc):
                         break
+                    if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                        break  # the circuit just opened: skip this backend from now on
                     continue
                 finally:
+                    if breaker is not None and not outcome_known:
+                        breaker.release_trial()  # closed early or cancelled: no verdict
                     # Close the attempt now (not whenever the loop's finalizer gets to it),
                     # so an abandoned or cancelled stream stops its backend promptly.
                     await chunks.aclose()
                 if not produced:
                     # An empty reply is a valid stream: count it as a success.
                     health.succeeded()
+                    if breaker is not None:
+                        breaker.record_success()
                     self.last_backend = handle.backend = backend.name
                 return
             health.failed_last_call = True
@@ -293,8 +339,7 @@ class ResilientLLM:
 
     def _backoff(self, retry: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random."""
-        base = min(self._backoff_max_s, self._backoff_s * (1 << retry))
-        return base / 2 + base / 2 * self._jitter()
+        return backoff_delay(retry, base_s=self._backoff_s, max_s=self._backoff_max_s, jitter=self._jitter)
 
     async def _attempt(
         self, backend: LLM, messages: Sequence[ChatMessage], max_tokens: int, temperature: float

@@ -9,11 +9,19 @@ A persona's ``voice`` (or ``TTS_VOICE``) picks the engine too: the first engine,
 configured order, that has a voice of that name speaks it (``en_US-joe-medium`` → Piper,
 ``en-gb`` → espeak-ng, ``nova`` → OpenAI, a Coqui speaker name → Coqui); ``engine:voice``
 names the engine outright (``espeak:en-us+f3``). A voice no engine has is spoken by the
-first engine in its default voice. When an engine is down or busy the next one speaks.
+first engine in its default voice. When an engine is down or busy the next one speaks; with
+``BREAKER_FAILURES`` an engine that failed that many times in a row is skipped outright (its
+circuit is open) until ``BREAKER_RESET_S`` has passed and one trial succeeds.
+
+Speech-to-text works the same way: :class:`TranscriptionRouter` holds ``STT_BACKEND``'s engine
+and the ``STT_FALLBACKS``, each with its circuit breaker; when one fails (or its circuit is
+open) the next one transcribes. Unusable audio is the user's problem, not the engine's: it is
+neither retried elsewhere nor counted against the engine.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import re
@@ -21,8 +29,10 @@ import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from engine.errors import BackendUnavailable, ConfigError
-from engine.ports import SpeechAudio, SpeechToText, TextToSpeech
+from engine.breaker import BreakerSnapshot, CircuitBreaker
+from engine.errors import BackendUnavailable, CircuitOpen, ConfigError
+from engine.health import ComponentHealth, with_circuits
+from engine.ports import SpeechAudio, SpeechToText, TextToSpeech, Transcript
 from voice.audio import AudioLimits
 
 if TYPE_CHECKING:
@@ -73,10 +83,29 @@ def speakable(text: str) -> str:
 class SpeechRouter:
     """The TextToSpeech port over several engines, in order of preference."""
 
-    def __init__(self, engines: Sequence[SpeechEngine], *, default_voice: str | None = None) -> None:
+    def __init__(
+        self,
+        engines: Sequence[SpeechEngine],
+        *,
+        default_voice: str | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset_s: float = 30.0,
+    ) -> None:
         if not engines:
             raise ValueError("SpeechRouter needs at least one engine")
         self._engines = list(engines)
+        self.breakers: dict[str, CircuitBreaker] = (
+            {
+                engine.name: CircuitBreaker(
+                    f"text-to-speech {engine.name}",
+                    failure_threshold=breaker_failures,
+                    reset_timeout_s=breaker_reset_s,
+                )
+                for engine in self._engines
+            }
+            if breaker_failures
+            else {}
+        )
         self._default_voice = default_voice or None
         self._warned: set[str] = set()
 
@@ -130,13 +159,91 @@ class SpeechRouter:
         order = [first, *(engine for engine in self._engines if engine is not first)]
         failure: BackendUnavailable | None = None
         for engine in order:
+            speak = functools.partial(engine.synthesize, spoken, voice=chosen if engine is first else None)
+            breaker = self.breakers.get(engine.name)
             try:
-                return await engine.synthesize(spoken, voice=chosen if engine is first else None)
+                return await (speak() if breaker is None else breaker.call(speak))
+            except CircuitOpen as exc:
+                logger.debug("text-to-speech engine %s skipped: %s", engine.name, exc)
+                failure = failure or exc
             except BackendUnavailable as exc:
                 logger.warning("text-to-speech engine %s failed: %s", engine.name, exc)
                 failure = failure or exc
         assert failure is not None
         raise failure
+
+    def circuits(self) -> list[BreakerSnapshot]:
+        return [breaker.snapshot() for breaker in self.breakers.values()]
+
+    def health(self) -> ComponentHealth:
+        """``text-to-speech``: down when every engine's circuit is open, degraded when some are."""
+        return with_circuits(ComponentHealth("text-to-speech", "ok", self.name), self.circuits())
+
+
+class TranscriptionRouter:
+    """The SpeechToText port over one or more engines, in order of preference, each behind
+    its own circuit breaker."""
+
+    def __init__(
+        self,
+        engines: Sequence[SpeechToText],
+        *,
+        breaker_failures: int = 3,
+        breaker_reset_s: float = 30.0,
+    ) -> None:
+        if not engines:
+            raise ValueError("TranscriptionRouter needs at least one engine")
+        self._engines = list(engines)
+        self.breakers: dict[str, CircuitBreaker] = {
+            engine.name: CircuitBreaker(
+                f"speech-to-text {engine.name}",
+                failure_threshold=breaker_failures,
+                reset_timeout_s=breaker_reset_s,
+            )
+            for engine in self._engines
+        }
+
+    def __repr__(self) -> str:
+        return f"TranscriptionRouter({self.name!r})"
+
+    @property
+    def name(self) -> str:
+        return " → ".join(engine.name for engine in self._engines)
+
+    @property
+    def engines(self) -> list[SpeechToText]:
+        return list(self._engines)
+
+    async def start(self) -> None:
+        for engine in self._engines:
+            await engine.start()
+
+    async def aclose(self) -> None:
+        for engine in reversed(self._engines):
+            await engine.aclose()
+
+    async def transcribe(self, audio: bytes, *, content_type: str = "") -> Transcript:
+        """The first engine's transcript; the next engine's when it fails or its circuit is open."""
+        failure: BackendUnavailable | None = None
+        for engine in self._engines:
+            listen = functools.partial(engine.transcribe, audio, content_type=content_type)
+            try:
+                return await self.breakers[engine.name].call(listen)
+            except CircuitOpen as exc:
+                logger.debug("speech-to-text engine %s skipped: %s", engine.name, exc)
+                failure = failure or exc
+            except BackendUnavailable as exc:
+                logger.warning("speech-to-text engine %s failed: %s", engine.name, exc)
+                failure = failure or exc
+        assert failure is not None
+        raise failure
+
+    def circuits(self) -> list[BreakerSnapshot]:
+        return [breaker.snapshot() for breaker in self.breakers.values()]
+
+    def health(self) -> ComponentHealth:
+        """``speech-to-text``: down when every engine's circuit is open, degraded when some are."""
+        return with_circuits(ComponentHealth("speech-to-text", "ok", self.name), self.circuits())
 
 
 # --- choosing from the settings ---------------------------------------------------------------
@@ -179,7 +286,16 @@ def make_stt(settings: Settings, notes: list[str]) -> SpeechToText | None:
                 "or set OPENAI_API_KEY"
             )
             return None
+    return _stt_engine(choice, settings, auto=settings.stt_backend == "auto", notes=notes)
+
+
+def _stt_engine(
+    choice: str, settings: Settings, *, auto: bool = False, notes: list[str] | None = None
+) -> SpeechToText | None:
+    """One speech-to-text engine, not started; ConfigError when it cannot be made (None, with
+    a note, when ``auto`` chose an engine that cannot run here)."""
     limits = audio_limits(settings)
+    credentials = _openai_credentials(settings)
     if choice == "faster-whisper":
         if not _installed("faster_whisper"):
             raise ConfigError(
@@ -206,7 +322,7 @@ def make_stt(settings: Settings, notes: list[str]) -> SpeechToText | None:
     if not _installed("av"):
         # Uploads are checked (decoded) locally before they are sent.
         message = "speech-to-text needs PyAV: pip install 'whisperengine[voice]'"
-        if settings.stt_backend == "auto":
+        if auto and notes is not None:
             logger.info("speech-to-text off: %s", message)
             notes.append(f"speech-to-text is off: {message}")
             return None
@@ -224,6 +340,28 @@ def make_stt(settings: Settings, notes: list[str]) -> SpeechToText | None:
         workers=max(settings.voice_workers, 4),
         queue_size=settings.voice_queue_size,
     )
+
+
+def make_stt_fallbacks(
+    settings: Settings, primary: SpeechToText | None, notes: list[str]
+) -> list[SpeechToText]:
+    """The engines of ``STT_FALLBACKS`` (not started) other than ``primary``'s kind; each one
+    that cannot be made is logged and noted."""
+    engines: list[SpeechToText] = []
+    seen = {primary.name.split(":", 1)[0]} if primary is not None else set()
+    for name in settings.stt_fallbacks:
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            engine = _stt_engine(name, settings)
+        except ConfigError as exc:
+            logger.warning("speech-to-text fallback %s skipped: %s", name, exc)
+            notes.append(f"speech-to-text fallback {name} skipped: {exc}")
+            continue
+        if engine is not None:
+            engines.append(engine)
+    return engines
 
 
 def make_tts_engines(settings: Settings, notes: list[str]) -> list[SpeechEngine]:
@@ -319,19 +457,34 @@ async def build_voice(settings: Settings) -> tuple[SpeechToText | None, TextToSp
     The caller owns both and must ``aclose()`` them.
     """
     notes: list[str] = []
-    stt = make_stt(settings, notes)
-    if stt is not None:
+    primary = make_stt(settings, notes)
+    listening: list[SpeechToText] = []
+    if primary is not None:
         try:
-            await stt.start()
+            await primary.start()
         except (ConfigError, BackendUnavailable) as exc:
-            await stt.aclose()
+            await primary.aclose()
             if settings.stt_backend != "auto":
                 raise
-            logger.error("speech-to-text %s could not start: %s", stt.name, exc)
-            notes.append(f"speech-to-text is off: {stt.name} could not start: {exc}")
-            stt = None
+            logger.error("speech-to-text %s could not start: %s", primary.name, exc)
+            notes.append(f"speech-to-text is off: {primary.name} could not start: {exc}")
         else:
-            notes.append(f"speech-to-text: {stt.name}")
+            listening.append(primary)
+    for fallback in make_stt_fallbacks(settings, primary, notes):
+        try:
+            await fallback.start()
+        except (ConfigError, BackendUnavailable) as exc:
+            await fallback.aclose()
+            logger.warning("speech-to-text fallback %s skipped: %s", fallback.name, exc)
+            notes.append(f"speech-to-text fallback {fallback.name} skipped: {exc}")
+            continue
+        listening.append(fallback)
+    stt: TranscriptionRouter | None = None
+    if listening:
+        stt = TranscriptionRouter(
+            listening, breaker_failures=settings.breaker_failures, breaker_reset_s=settings.breaker_reset_s
+        )
+        notes.append(f"speech-to-text: {stt.name}")
     started: list[SpeechEngine] = []
     for engine in make_tts_engines(settings, notes):
         try:
@@ -344,7 +497,12 @@ async def build_voice(settings: Settings) -> tuple[SpeechToText | None, TextToSp
         started.append(engine)
     tts: SpeechRouter | None = None
     if started:
-        tts = SpeechRouter(started, default_voice=settings.tts_voice)
+        tts = SpeechRouter(
+            started,
+            default_voice=settings.tts_voice,
+            breaker_failures=settings.breaker_failures,
+            breaker_reset_s=settings.breaker_reset_s,
+        )
         notes.append(f"text-to-speech: {tts.name}")
     elif settings.tts_backends and settings.tts_backends != ["off"]:
         notes.append("text-to-speech is off: none of TTS_BACKENDS is installed and configured")

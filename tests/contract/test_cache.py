@@ -15,6 +15,7 @@ import pytest
 from config.urls import redact_url
 from engine.errors import BackendUnavailable, StorageError
 from engine.ports import Cache
+from storage.cache.failover import FailoverCache
 from storage.cache.memory import MemoryCache
 from storage.cache.redis import RedisCache, glob_escape
 from tests.conftest import require_redis
@@ -27,7 +28,7 @@ def unique_prefix() -> str:
     return f"test:{uuid.uuid4().hex}:"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "failover"])
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
     if request.param == "memory":
         memory = MemoryCache()
@@ -36,6 +37,15 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
         await memory.aclose()
         return
     url = require_redis()
+    if request.param == "failover":  # Redis with the in-process stand-in: the same contract
+        failover = FailoverCache(RedisCache(url, prefix=unique_prefix()), MemoryCache())
+        await failover.start()
+        try:
+            yield failover
+        finally:
+            await failover.delete_prefix("")
+            await failover.aclose()
+        return
     redis = RedisCache(url, prefix=unique_prefix())
     await redis.start()
     try:

@@ -7,7 +7,8 @@ Usage, sync (e.g. from a session-scoped fixture)::
 
 or async: ``async with ChromaServer() as server: ...``. The server stores its data in a temporary
 directory removed on stop (or in ``path`` when given, which is kept). Start-up takes about a
-second on a 2-core machine; ``startup_timeout_s`` bounds it.
+second on a 2-core machine; ``startup_timeout_s`` bounds it. ``stop_keeping_data()`` and
+``restart()`` take the server away and bring it back on the same port with the same data.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class ChromaServer:
     def start(self) -> None:
         if self._process is not None:
             return
-        self._temp_dir = Path(tempfile.mkdtemp(prefix="chroma-test-"))
+        if self._temp_dir is None:  # a restart keeps the directory, and so the data
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="chroma-test-"))
         self.path = self._given_path or self._temp_dir / "data"
         self._log_path = self._temp_dir / "server.log"
         port = self.port = self.port or free_port(self.host)
@@ -129,7 +131,8 @@ class ChromaServer:
             return ""
         return self._log_path.read_text(errors="replace")[-chars:]
 
-    def stop(self) -> None:
+    def stop_keeping_data(self) -> None:
+        """Stop the server but keep its port and data: :meth:`restart` brings it back as it was."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -138,6 +141,14 @@ class ChromaServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again on the same port with the same data directory (stopping it first if running)."""
+        self.stop_keeping_data()
+        self.start()
+
+    def stop(self) -> None:
+        self.stop_keeping_data()
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None

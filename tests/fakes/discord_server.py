@@ -43,13 +43,16 @@ Records
     ``requests`` (every REST call, unless ``record=False``), ``messages`` (current state of
     every message by id, edits applied), ``edits`` (every successful edit, in order),
     ``interaction_responses`` (callbacks and follow-ups per interaction id), ``typing``,
-    and for benchmarks ``dispatched_at`` / ``first_reply_at`` (monotonic times by the id of
-    the user's message, the reply found through its ``message_reference``).
+    ``delivered`` (ids of the MESSAGE_CREATE events sent to each shard's connection, by
+    ``(shard_id, shard_count)``), and for benchmarks ``dispatched_at`` / ``first_reply_at``
+    (monotonic times by the id of the user's message, the reply found through its
+    ``message_reference``; in a DM, the bot's next message answers the oldest unanswered one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -155,8 +158,14 @@ class FakeDiscord(LocalServer):
         self.dispatched_at: dict[str, float] = {}
         self.first_reply_at: dict[str, float] = {}
         self.identify_payloads: list[Json] = []
+        self.delivered: dict[tuple[int, int], list[str]] = {}
+        self._unanswered_dms: dict[str, collections.deque[str]] = {}
         self._reply_waiters: dict[str, asyncio.Future[float]] = {}
         self._edit_faults: list[float] = []
+        self._channel_faults: collections.deque[tuple[int, float, str]] = collections.deque()
+        self._channel_fault_forever: tuple[int, float, str] | None = None
+        self.faulted: list[RecordedCall] = []
+        """Requests answered by a fault of :meth:`fail_channels` / :meth:`hang_channels`."""
         self.refuse_voice_messages = False
         self._connections: list[_Connection] = []
         self._changed = asyncio.Condition()
@@ -457,6 +466,8 @@ class FakeDiscord(LocalServer):
         self.messages[message["id"]] = message
         guild = self.guild_of(channel_id)
         self.dispatched_at[message["id"]] = time.monotonic()
+        if guild is None:
+            self._unanswered_dms.setdefault(channel_id, collections.deque()).append(message["id"])
         await self.dispatch("MESSAGE_CREATE", message, guild_id=guild.id if guild else None)
         return message
 
@@ -589,6 +600,8 @@ class FakeDiscord(LocalServer):
                 await conn.ws.send_str(frame)
             except ConnectionError:
                 continue
+            if self.record and event == "MESSAGE_CREATE":
+                self.delivered.setdefault(conn.shard, []).append(str(data["id"]))
 
     async def _gateway(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
@@ -737,6 +750,37 @@ class FakeDiscord(LocalServer):
         waiter = self._reply_waiters.setdefault(message_id, asyncio.get_running_loop().create_future())
         return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
 
+    def fail_channels(self, status: int = 503, *, times: int | None = None, only: str = "") -> None:
+        """The next ``times`` requests on ``/channels/...`` (sending, editing, typing) whose path
+        ends with ``only`` answer ``status``; ``times=None``: every one until :meth:`recover`."""
+        self._channel_fault(status, 0.0, times, only)
+
+    def hang_channels(self, seconds: float, *, times: int | None = None, only: str = "") -> None:
+        """Like :meth:`fail_channels`, but the requests hang ``seconds`` and then answer 504
+        (nothing is done with them, as when a gateway in front of the API timed out)."""
+        self._channel_fault(504, seconds, times, only)
+
+    def _channel_fault(self, status: int, hang_s: float, times: int | None, only: str) -> None:
+        if times is None:
+            self._channel_fault_forever = (status, hang_s, only)
+        else:
+            self._channel_faults.extend([(status, hang_s, only)] * times)
+
+    def _take_channel_fault(self, method: str, path: str) -> tuple[int, float] | None:
+        if not path.startswith("/channels/") or method == "GET":
+            return None
+        fault = self._channel_faults[0] if self._channel_faults else self._channel_fault_forever
+        if fault is None or not path.endswith(fault[2]):
+            return None
+        if self._channel_faults:
+            self._channel_faults.popleft()
+        return fault[0], fault[1]
+
+    def recover(self) -> None:
+        """Undo :meth:`fail_channels` and :meth:`hang_channels`."""
+        self._channel_faults.clear()
+        self._channel_fault_forever = None
+
     def rate_limit_edits(self, n: int = 1, retry_after: float = 0.5) -> None:
         """The next ``n`` message edits answer 429 Too Many Requests."""
         self._edit_faults.extend([retry_after] * n)
@@ -782,6 +826,14 @@ class FakeDiscord(LocalServer):
             ("/interactions/", "/webhooks/")
         ):
             return self._error(401, "401: Unauthorized")
+        fault = self._take_channel_fault(request.method, path)
+        if fault is not None:
+            status, hang_s = fault
+            self.faulted.append(call)
+            await self._notify()
+            if hang_s:
+                await asyncio.sleep(hang_s)
+            return self._error(status, f"{status}: the fake Discord API is failing")
         try:
             response = await self._route(request.method, path.rstrip("/").split("/")[1:], call)
         finally:
@@ -926,6 +978,9 @@ class FakeDiscord(LocalServer):
         if "allowed_mentions" in body:
             message["_allowed_mentions"] = body["allowed_mentions"]
         self.messages[message["id"]] = message
+        if reply_to is None and self._unanswered_dms.get(channel_id):
+            # a DM reply carries no reference: it answers the oldest unanswered DM (for timing)
+            reply_to = self._unanswered_dms[channel_id].popleft()
         if reply_to is not None and reply_to not in self.first_reply_at:
             self.first_reply_at[reply_to] = at = time.monotonic()
             waiter = self._reply_waiters.pop(reply_to, None)

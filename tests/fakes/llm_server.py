@@ -15,7 +15,8 @@ Endpoints
 
 Replies
     ``reply`` is a string or a function of the request's ``messages`` (a list of dicts);
-    the text is streamed in pieces of ``chunk_size`` characters, ``delay_s`` before each.
+    the text is streamed in pieces of ``chunk_size`` characters, ``delay_s`` before each;
+    ``first_chunk_delay_s`` more before the first one (the model's time to first token).
     Embeddings are deterministic unit vectors derived from a hash of each text.
 
 Faults (all take effect on the next request and can be changed while running)
@@ -99,9 +100,11 @@ class FakeLLMServer(LocalServer):
         api_key: str | None = None,
         port: int = 0,
         record: bool = True,
+        first_chunk_delay_s: float = 0.0,
     ) -> None:
         self.reply = reply
         self.delay_s = delay_s
+        self.first_chunk_delay_s = first_chunk_delay_s
         self.chunk_size = chunk_size
         self.models = list(models)
         self.embedding_dim = embedding_dim
@@ -246,12 +249,19 @@ class FakeLLMServer(LocalServer):
         """Write ``head``, then one frame per piece (paced and faulted), then ``tail``."""
         response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
         await response.prepare(request)
-        paced = self.delay_s > 0 or self.hang_after_chunks is not None or self.break_after_chunks is not None
+        paced = (
+            self.delay_s > 0
+            or self.first_chunk_delay_s > 0
+            or self.hang_after_chunks is not None
+            or self.break_after_chunks is not None
+        )
         if not paced:
             await response.write("".join((*head, *pieces, *tail)).encode())
             await response.write_eof()
             return response
         await response.write("".join(head).encode())
+        if self.first_chunk_delay_s > 0:
+            await asyncio.sleep(self.first_chunk_delay_s)
         for sent, piece in enumerate(pieces):
             if self.hang_after_chunks is not None and sent >= self.hang_after_chunks:
                 await self._wait_while_hanging(lambda: self.hang_after_chunks is not None)

@@ -19,7 +19,7 @@ from engine.errors import ConfigError
 from engine.persona import parse_persona
 from tests.fakes.openai_audio_server import FakeOpenAIAudio
 from voice import build_voice
-from voice.selection import SpeechRouter, make_stt, make_tts_engines, speakable
+from voice.selection import SpeechRouter, TranscriptionRouter, make_stt, make_tts_engines, speakable
 from voice.stt import FasterWhisperSTT, OpenAISTT
 from voice.tts import EspeakTTS, PiperTTS
 
@@ -50,7 +50,8 @@ async def default_voice(
 @pytest.mark.slow
 async def test_defaults_use_whisper_piper_and_espeak(default_voice: tuple[object, object, list[str]]) -> None:
     stt, tts, notes = default_voice
-    assert isinstance(stt, FasterWhisperSTT)
+    assert isinstance(stt, TranscriptionRouter)
+    assert [type(engine) for engine in stt.engines] == [FasterWhisperSTT]
     assert isinstance(tts, SpeechRouter)
     assert [engine.name for engine in tts.engines] == ["piper", "espeak"]
     assert "text-to-speech engine coqui skipped: COQUI_MODEL is not set" in notes
@@ -170,7 +171,8 @@ async def test_openai_speech_through_build_voice(tmp_path: Path) -> None:
         )
         stt, tts, notes = await build_voice(config)
         try:
-            assert isinstance(stt, OpenAISTT)
+            assert isinstance(stt, TranscriptionRouter)
+            assert [type(engine) for engine in stt.engines] == [OpenAISTT]
             assert tts is not None
             await tts.synthesize("Hello there.")
             assert server.speeches[-1].voice == "sage"
