@@ -80,6 +80,7 @@ class ReplyKind(enum.StrEnum):
     APOLOGY = "apology"
     RATE_LIMITED = "rate_limited"
     IGNORED = "ignored"
+    TOO_LONG = "too_long"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,23 @@ async def ignore_own_messages(message: UniversalMessage, call_next: Next) -> Rep
     return await call_next(message)
 
 
+class LengthLimit:
+    """Refuses a message longer than ``max_chars`` with a reply that names the limit."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+
+    async def __call__(self, message: UniversalMessage, call_next: Next) -> ReplyStream:
+        length = len(message.content)
+        if self.max_chars > 0 and length > self.max_chars:
+            text = (
+                f"That message is too long for me to read in one go ({length} characters; "
+                f"the limit is {self.max_chars})."
+            )
+            return ReplyStream.fixed(text, ReplyKind.TOO_LONG)
+        return await call_next(message)
+
+
 class RateLimiter:
     """At most ``max_messages`` per user in each ``window_s`` window, counted in the cache.
 

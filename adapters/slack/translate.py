@@ -66,6 +66,20 @@ def reply_thread(event: Mapping[str, Any]) -> str | None:
     return None if is_direct(event) else str(event["ts"])
 
 
+_TS = re.compile(r"\d{1,12}(\.\d{1,9})?")
+
+
+def is_well_formed(event: Mapping[str, Any]) -> bool:
+    """A message event this adapter can answer: user, channel and ts strings, a real timestamp."""
+    user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
+    return (
+        all(isinstance(v, str) and v for v in (user, channel, ts))
+        and _TS.fullmatch(str(ts)) is not None
+        and isinstance(event.get("text", ""), str | None)
+        and isinstance(event.get("thread_ts", ""), str | None)
+    )
+
+
 def to_universal(
     event: Mapping[str, Any], *, content: str, user_name: str, team_id: str | None
 ) -> UniversalMessage:

@@ -25,6 +25,8 @@ class TelegramConfig:
     edit_interval_s: float = 1.0
     bot_name: str = "WhisperEngine"
     poll_timeout_s: float = 10.0
+    voice_max_bytes: int = 20_000_000
+    voice_max_seconds: float = 300.0
 
     @property
     def webhook_path(self) -> str:
@@ -53,4 +55,6 @@ class TelegramConfig:
             webhook_port=settings.telegram_webhook_port,
             edit_interval_s=settings.telegram_edit_interval_s,
             bot_name=settings.bot_name,
+            voice_max_bytes=settings.voice_max_bytes,
+            voice_max_seconds=settings.voice_max_seconds,
         )

@@ -6,6 +6,7 @@ Routes::
     POST /api/chat         one message in, the engine's reply out (JSON, or NDJSON when streaming)
     GET  /api/health       health of the components; 503 when a core one is down
     GET  /api/config       what the page needs to know: {"token_required": bool, ...}
+    GET  /metrics          Prometheus metrics (when the app exports them); the API token applies
 
 The adapter only translates: a validated request becomes a ``UniversalMessage``
 (platform ``web``, always a direct conversation) and the ``AIResponse`` becomes JSON.
@@ -23,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
@@ -69,6 +70,15 @@ _STREAM_KEY = web.RequestKey("ndjson_response", web.StreamResponse)
 
 HealthSource = Callable[[], Awaitable[Mapping[str, ComponentHealth]]]
 
+
+class MetricsSource(Protocol):
+    """Metrics in a text exposition format (``bot.metrics.PrometheusMetrics``)."""
+
+    content_type: str
+
+    def render(self) -> bytes: ...
+
+
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 DisplayName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
@@ -93,6 +103,19 @@ class ChatRequest(BaseModel):
         if not text:
             raise ValueError("must not be empty")
         return text
+
+    @field_validator("message", "user_name")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        # JSON may escape a lone surrogate (no database stores one) or NUL (PostgreSQL text cannot hold it).
+        if value is not None:
+            if "\x00" in value:
+                raise ValueError("must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it contains a lone surrogate)") from None
+        return value
 
 
 @dataclass(slots=True)
@@ -183,8 +206,10 @@ class WebAdapter:
         max_message_chars: int = 8000,
         core_components: Collection[str] = CORE_COMPONENTS,
         shutdown_timeout_s: float = 10.0,
+        metrics: MetricsSource | None = None,
     ) -> None:
         self._engine = engine
+        self._metrics = metrics
         self.host = host
         self.port = port
         self._token = api_token.encode() if api_token else None
@@ -216,6 +241,8 @@ class WebAdapter:
         app.router.add_post("/api/chat", self._chat)
         app.router.add_get("/api/health", self._health_route)
         app.router.add_get("/api/config", self._config)
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self._metrics_route)
         return app
 
     async def start(self) -> None:
@@ -326,6 +353,16 @@ class WebAdapter:
             body, status=503 if core_down else 200, headers={"Cache-Control": "no-store"}
         )
 
+    # --- metrics ----------------------------------------------------------------------------------
+
+    async def _metrics_route(self, request: web.Request) -> web.Response:
+        assert self._metrics is not None  # the route exists only with metrics
+        self._check_token(request)
+        return web.Response(
+            body=self._metrics.render(),
+            headers={"Content-Type": self._metrics.content_type, "Cache-Control": "no-store"},
+        )
+
     # --- chat -------------------------------------------------------------------------------------
 
     def _check_token(self, request: web.Request) -> None:
@@ -351,6 +388,8 @@ class WebAdapter:
             data = json.loads(raw)
         except ValueError as exc:
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from exc
+        except RecursionError as exc:
+            raise ApiError(400, "invalid_json", "the body's JSON is nested too deeply") from exc
         try:
             body = ChatRequest.model_validate(data)
         except ValidationError as exc:

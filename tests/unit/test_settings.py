@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -41,12 +40,3 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
 def test_readme_configuration_table_matches_the_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     assert settings_table() in readme, "README.md is out of date: paste the output of `python -m config.docs`"
-
-
-def test_every_variable_the_dockerfile_sets_is_a_setting() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    env_block = re.findall(r"^ENV ((?:.*\\\n)*.*)$", dockerfile, flags=re.MULTILINE)
-    names = {m for block in env_block for m in re.findall(r"([A-Z_][A-Z0-9_]*)=", block)}
-    known = {name.upper() for name in Settings.model_fields} | {"PATH", "PYTHONUNBUFFERED"}
-    assert names, "no ENV lines found"
-    assert names <= known, f"Dockerfile sets unknown variables: {sorted(names - known)}"

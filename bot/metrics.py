@@ -1,0 +1,120 @@
+"""Prometheus metrics of the process, served at ``GET /metrics`` by the web server.
+
+:class:`PrometheusMetrics` implements the engine's :class:`engine.ports.Metrics` port
+(messages, reply latency, time to first token, streamed LLM chunks and tokens) and reads
+the rest when scraped: queue depths (memory writer, relationship tracker, replies in
+flight) and each LLM backend's failures from :meth:`engine.llm.ResilientLLM.stats`.
+
+Every series is named ``whisperengine_*``. Each instance has its own registry, so two
+apps in one process (tests) never share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.llm import BackendStats
+
+# Seconds: a streamed reply's first chunk is expected within a few seconds, a whole
+# reply from a CPU model may take a minute.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+
+
+class PrometheusMetrics:
+    """The engine's metrics port, exported in the Prometheus text format."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._messages = Counter(
+            "whisperengine_messages_handled",
+            "Messages the engine answered, by platform and outcome (answer, apology, rate_limited...).",
+            ["platform", "kind"],
+            registry=self.registry,
+        )
+        self._reply_seconds = Histogram(
+            "whisperengine_reply_seconds",
+            "Time from a message reaching the engine to its complete reply.",
+            ["platform"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._first_token_seconds = Histogram(
+            "whisperengine_reply_first_token_seconds",
+            "Time from a message reaching the engine to the first chunk of its reply.",
+            ["platform"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._chunks = Counter(
+            "whisperengine_llm_chunks",
+            "Text chunks streamed by each LLM backend.",
+            ["backend"],
+            registry=self.registry,
+        )
+        self._tokens = Counter(
+            "whisperengine_llm_tokens",
+            "Tokens streamed by each LLM backend (estimated from the text: about 3.5 characters each).",
+            ["backend"],
+            registry=self.registry,
+        )
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+
+    # --- the engine's port ---------------------------------------------------------------
+
+    def message_handled(self, platform: str, kind: str) -> None:
+        self._messages.labels(platform=platform, kind=kind).inc()
+
+    def reply_timed(self, platform: str, *, total_s: float, first_token_s: float | None) -> None:
+        self._reply_seconds.labels(platform=platform).observe(total_s)
+        if first_token_s is not None:
+            self._first_token_seconds.labels(platform=platform).observe(first_token_s)
+
+    def llm_streamed(self, backend: str, *, chunks: int, approx_tokens: int) -> None:
+        self._chunks.labels(backend=backend).inc(chunks)
+        self._tokens.labels(backend=backend).inc(approx_tokens)
+
+    # --- read when scraped -----------------------------------------------------------------
+
+    def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
+        """Export ``depth()`` as ``whisperengine_queue_depth{queue=name}``."""
+        self._state.queues[name] = depth
+
+    def watch_llm(self, stats: Callable[[], Sequence[BackendStats]]) -> None:
+        """Export each backend's attempts and failures from ``stats()``."""
+        self._state.llm_stats = stats
+
+    def render(self) -> bytes:
+        """Every metric, in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self) -> None:
+        self.queues: dict[str, Callable[[], int]] = {}
+        self.llm_stats: Callable[[], Sequence[BackendStats]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "whisperengine_queue_depth", "Items waiting in each background queue.", labels=["queue"]
+        )
+        for name, read in self.queues.items():
+            depth.add_metric([name], read())
+        yield depth
+        attempts = CounterMetricFamily(
+            "whisperengine_llm_attempts", "Calls made to each LLM backend.", labels=["backend"]
+        )
+        errors = CounterMetricFamily(
+            "whisperengine_llm_errors", "Failed calls to each LLM backend.", labels=["backend"]
+        )
+        for backend in self.llm_stats() if self.llm_stats is not None else ():
+            attempts.add_metric([backend.name], backend.attempts)
+            errors.add_metric([backend.name], backend.failures)
+        yield attempts
+        yield errors
