@@ -19,27 +19,49 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from config.settings import LLMBackendName, Settings
 from config.urls import redact_url
+from engine.breaker import CircuitBreaker
+from engine.checkins import CheckinScheduler
+from engine.compaction import CompactionPolicy, SessionCompactor
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, ConfigError, StorageError
-from engine.health import ComponentHealth, probe
+from engine.fact_extraction import FactExtractor
+from engine.health import ComponentHealth, probe, with_circuits
+from engine.identity import IdentityLinker
 from engine.llm import ResilientLLM
-from engine.memory import MemoryRecall, MemoryWriter
-from engine.memory_care import CarePolicy, MemoryCare, MemoryCareStore
+from engine.locks import LocalConversationLocks
+from engine.memory import MemoryRecall, MemoryWriter, TurnRecord
+from engine.memory_care import CarePolicy, MemoryCare
+from engine.memory_llm import BackgroundLLM, CallBudget
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
-from engine.ports import LLM, Cache, ConversationStore, Embedder, SpeechToText, TextToSpeech, VectorMemory
+from engine.ports import (
+    LLM,
+    Cache,
+    ConversationLocks,
+    ConversationStore,
+    Embedder,
+    SpeechToText,
+    TextToSpeech,
+    VectorMemory,
+    WorkQueue,
+)
 from engine.prompt import PromptBudget
+from storage.cache.failover import FailoverCache, FailoverLocks
+from storage.vector.outbox import DurableVectorMemory
 
 if TYPE_CHECKING:
     from adapters.web.server import WebAdapter
+    from bot.metrics import PrometheusMetrics
 
 logger = logging.getLogger(__name__)
+
+STORE_PING_TIMEOUT_S = 1.5  # within the health probe's own 2 s
 
 
 @dataclass
@@ -56,20 +78,60 @@ class App:
     choices: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     web: WebAdapter | None = None
+    metrics: PrometheusMetrics | None = None
+    checkins: CheckinScheduler | None = None
+    """Started by ``start_platforms`` when check-ins are on and a platform can write first."""
+    store_breaker: CircuitBreaker = field(
+        default_factory=lambda: CircuitBreaker("database", failure_threshold=1, reset_timeout_s=5.0)
+    )
+    """Health checks of a database that just failed one answer at once for a few seconds, so a
+    health endpoint polled often does not pile up connection attempts on a dead server."""
+    reporters: dict[str, Callable[[], ComponentHealth]] = field(default_factory=dict)
+    """Components started after the app that report their own health: each running platform
+    (``discord``, ``telegram``, ``slack``) and the speech engines."""
 
     async def health(self) -> dict[str, ComponentHealth]:
         checks = {
-            "store": probe("store", self.choices["store"], self.store.ping),
-            "cache": probe("cache", self.choices["cache"], self.cache.ping),
-            "vectors": probe("vectors", self.choices["vectors"], self.vectors.ping),
-            "llm": probe("llm", self.choices["llm"], self.llm.ping),
+            "store": probe(
+                "store",
+                self.choices["store"],
+                lambda: self.store_breaker.call(self.store.ping, timeout_s=STORE_PING_TIMEOUT_S),
+            ),
+            "cache": self._cache_health(),
+            "vectors": self._vectors_health(),
+            "llm": self._llm_health(),
         }
         results = {name: await check for name, check in checks.items()}
-        if "in-process" in self.choices["cache"] and self.settings.redis_url:
-            results["cache"] = ComponentHealth(
-                "cache", "degraded", self.choices["cache"], "Redis unreachable; using the in-process cache"
+        results.update({name: report() for name, report in self.reporters.items()})
+        spooled = getattr(self.store, "pending", 0)
+        if isinstance(spooled, int) and spooled and results["store"].status == "ok":
+            results["store"] = ComponentHealth(
+                "store", "degraded", self.choices["store"], f"{spooled} writes spooled, being replayed"
             )
+        elif isinstance(spooled, int) and spooled:
+            detail = f"{results['store'].detail}; {spooled} writes spooled until it is back"
+            results["store"] = ComponentHealth("store", "degraded", self.choices["store"], detail)
         return results
+
+    async def _cache_health(self) -> ComponentHealth:
+        """With failover: ok on Redis, degraded on the in-process stand-in (the ping itself
+        notices an outage and switches)."""
+        checked = await probe("cache", self.choices["cache"], self.cache.ping)
+        if isinstance(self.cache, FailoverCache) and checked.status == "ok" and not self.cache.on_primary:
+            return self.cache.health(self.choices["cache"])
+        return checked
+
+    async def _vectors_health(self) -> ComponentHealth:
+        """With the outbox: degraded (not down) while the vector store is unreachable or its
+        queued writes are being replayed: replies still come, without long-term recall."""
+        if isinstance(self.vectors, DurableVectorMemory):
+            return await self.vectors.health(self.choices["vectors"])
+        return await probe("vectors", self.choices["vectors"], self.vectors.ping)
+
+    async def _llm_health(self) -> ComponentHealth:
+        """Down when no backend answers or every backend's circuit is open; degraded when one in
+        the chain is skipped (circuit open) while another answers."""
+        return with_circuits(await probe("llm", self.choices["llm"], self.llm.ping), self.llm.circuits())
 
 
 def is_loopback(host: str) -> bool:
@@ -139,7 +201,20 @@ def make_store(settings: Settings) -> tuple[ConversationStore, str]:
     url = settings.effective_database_url
     if database_kind(url) == "sqlite":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLConversationStore(url), f"{database_kind(url)} ({redact_url(url)})"
+    store = SQLConversationStore(url)
+    choice = f"{database_kind(url)} ({redact_url(url)})"
+    if settings.store_spool_max_entries == 0:
+        return store, choice
+    from storage.sql.spool import SpoolingConversationStore
+
+    spooling = SpoolingConversationStore(
+        store,
+        settings.data_dir / "spool",
+        max_entries=settings.store_spool_max_entries,
+        max_bytes=int(settings.store_spool_max_mb * 1024 * 1024),
+        replay_interval_s=settings.store_spool_replay_interval_s,
+    )
+    return spooling, f"{choice}, spooled while down"
 
 
 async def start_cache(
@@ -148,22 +223,114 @@ async def start_cache(
     from storage.cache.memory import MemoryCache
 
     if settings.redis_url:
+        from storage.cache.failover import FailoverCache
         from storage.cache.redis import RedisCache
 
-        redis = RedisCache(settings.redis_url, prefix=settings.redis_prefix)
-        try:
-            await redis.start()
-        except BackendUnavailable as exc:
-            note = f"{exc}; falling back to the in-process cache"
-            logger.warning("%s", note)
-            notes.append(note)
-        else:
-            stack.push_async_callback(redis.aclose)
-            return redis, f"redis ({redact_url(settings.redis_url)})"
+        # Redis while it answers, the in-process cache while it does not (at start-up too).
+        failover = FailoverCache(
+            RedisCache(settings.redis_url, prefix=settings.redis_prefix),
+            MemoryCache(),
+            op_timeout_s=settings.cache_timeout_s,
+            probe_interval_s=settings.failover_probe_interval_s,
+        )
+        await failover.start()
+        stack.push_async_callback(failover.aclose)
+        where = redact_url(settings.redis_url)
+        if failover.on_primary:
+            return failover, f"redis ({where}), in-process while it is unreachable"
+        note = f"{failover.breaker.last_error}; falling back to the in-process cache until Redis answers"
+        logger.warning("%s", note)
+        notes.append(note)
+        return failover, f"in-process until redis ({where}) answers"
     cache = MemoryCache()
     await cache.start()
     stack.push_async_callback(cache.aclose)
     return cache, "in-process"
+
+
+async def start_locks(
+    settings: Settings, cache_choice: str, stack: contextlib.AsyncExitStack
+) -> tuple[ConversationLocks, str]:
+    """Conversation locks in Redis when the cache is there (processes sharing it take turns);
+    in-process otherwise."""
+    if settings.redis_url and cache_choice.startswith("redis"):
+        from storage.cache.locks import RedisConversationLocks
+
+        locks = RedisConversationLocks(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            ttl_s=settings.conversation_lock_ttl_s,
+            wait_s=settings.conversation_lock_wait_s,
+        )
+        await locks.start()
+        stack.push_async_callback(locks.aclose)
+        return locks, "redis"
+    return LocalConversationLocks(wait_s=settings.conversation_lock_wait_s), "in-process"
+
+
+async def start_vectors(
+    settings: Settings, store: ConversationStore, stack: contextlib.AsyncExitStack
+) -> tuple[VectorMemory, str]:
+    """The vector store, with its writes queued in the database (``vector_outbox``) while it is
+    unreachable and replayed in order when it answers again; recall goes without it meanwhile.
+
+    An unreachable CHROMA_URL at start-up is still an error: a wrong URL should not go unnoticed.
+    """
+    from storage.sql import SQLConversationStore
+    from storage.sql.spool import SpoolingConversationStore
+    from storage.vector.outbox import DurableVectorMemory
+
+    backend, choice = make_vectors(settings)
+    await backend.start()
+    stack.push_async_callback(backend.aclose)
+    sql = store.store if isinstance(store, SpoolingConversationStore) else store
+    if not isinstance(sql, SQLConversationStore):
+        return backend, choice
+    durable = DurableVectorMemory(
+        backend,
+        # through the spool: a write queued while the database is down as well waits there
+        store if isinstance(store, SpoolingConversationStore) else sql,
+        breaker=CircuitBreaker(
+            "Chroma",
+            failure_threshold=settings.breaker_failures,
+            reset_timeout_s=settings.breaker_reset_s,
+            variable="CHROMA_URL" if settings.chroma_url else "CHROMA_PATH",
+        ),
+        timeout_s=settings.vector_timeout_s,
+        probe_interval_s=settings.failover_probe_interval_s,
+        batch_size=settings.vector_outbox_batch_size,
+    )
+    await durable.start()
+    stack.push_async_callback(durable.aclose)
+    return durable, choice
+
+
+async def start_memory_jobs(
+    settings: Settings, cache_choice: str, stack: contextlib.AsyncExitStack, notes: list[str]
+) -> tuple[WorkQueue[TurnRecord] | None, str]:
+    """The memory writer's jobs in Redis when the cache is there: every process sharing it takes
+    part in the writing, and queued jobs outlive a crash. None: the writer's in-process queue."""
+    if not (settings.redis_url and cache_choice.startswith("redis")):
+        return None, "in-process"
+    from storage.cache.jobs import RedisWorkQueue, decode_turn, encode_turn
+
+    queue = RedisWorkQueue(
+        settings.redis_url,
+        name="memory-writer",
+        encode=encode_turn,
+        decode=decode_turn,
+        prefix=settings.redis_prefix,
+        maxsize=settings.memory_queue_size,
+    )
+    try:
+        await queue.start()
+    except BackendUnavailable as exc:
+        note = f"{exc}; memory jobs stay in this process"
+        logger.warning("%s", note)
+        notes.append(note)
+        return None, "in-process"
+    stack.push_async_callback(queue.aclose)
+    return queue, "redis (shared by every process)"
 
 
 def make_vectors(settings: Settings) -> tuple[VectorMemory, str]:
@@ -203,6 +370,50 @@ async def start_emotion(
     return classifier, f"MiniLM prototypes + {classifier.lexicon.name} lexicon"
 
 
+def make_memory_llm(settings: Settings, llm: LLM, primary: str) -> BackgroundLLM | None:
+    """The LLM as the background memory jobs use it; None when MEMORY_USE_LLM is off, or is
+    auto and the ``primary`` backend is llama.cpp (in process: it would slow the replies)."""
+    if settings.memory_use_llm == "off" or (settings.memory_use_llm == "auto" and primary == "llamacpp"):
+        return None
+    return BackgroundLLM(
+        llm,
+        CallBudget(settings.memory_llm_calls_per_minute),
+        max_tokens=settings.memory_llm_max_tokens,
+        timeout_s=settings.memory_llm_timeout_s,
+    )
+
+
+def make_memory_care(
+    settings: Settings,
+    store: ConversationStore,
+    vectors: VectorMemory,
+    embedder: Embedder,
+    memory_llm: BackgroundLLM | None,
+) -> MemoryCare:
+    """Cleanup of idle memories, then compaction of old turns into session summaries."""
+    compactor = SessionCompactor(
+        store,
+        vectors,
+        embedder,
+        llm=memory_llm,
+        policy=CompactionPolicy(
+            after_days=settings.memory_compaction_after_days,
+            session_gap_s=settings.memory_session_gap_minutes * 60.0,
+            max_sessions=settings.memory_compaction_max_sessions,
+            summary_max_chars=settings.memory_summary_max_chars,
+        ),
+    )
+    return MemoryCare(
+        store,
+        vectors,
+        policy=CarePolicy(
+            retention_days=settings.memory_retention_days, batch_size=settings.memory_care_batch_size
+        ),
+        interval_s=settings.memory_care_interval_s,
+        compactor=compactor,
+    )
+
+
 @contextlib.asynccontextmanager
 async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterator[App]:
     """Start every component for ``settings``; close them all on exit, newest first."""
@@ -217,11 +428,20 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
         await store.start()
         stack.push_async_callback(store.aclose)
 
-        cache, cache_choice = await start_cache(settings, stack, notes)
+        from bot.logs import redact_also
+        from storage.secrets import apply_stored_secrets
 
-        vectors, vectors_choice = make_vectors(settings)
-        await vectors.start()
-        stack.push_async_callback(vectors.aclose)
+        settings, stored_secrets = await apply_stored_secrets(settings, store, notes)
+        redact_also(stored_secrets)
+
+        cache, cache_choice = await start_cache(settings, stack, notes)
+        locks, locks_choice = await start_locks(settings, cache_choice, stack)
+        if isinstance(cache, FailoverCache) and locks_choice == "redis":
+            # Redis gone: lock conversations in this process, like the cache serves from memory.
+            locks = FailoverLocks(locks, cache, wait_s=settings.conversation_lock_wait_s)
+            locks_choice = "redis, in-process while it is unreachable"
+
+        vectors, vectors_choice = await start_vectors(settings, store, stack)
 
         from inference.minilm import MiniLMEmbedder
 
@@ -233,14 +453,30 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
             stack.push_async_callback(model.aclose)
 
         backends = [make_llm(name, settings) for name in await choose_llm_backends(settings)]
-        llm = ResilientLLM(backends, timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
+        llm = ResilientLLM(
+            backends,
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            breaker_failures=settings.breaker_failures,
+            breaker_reset_s=settings.breaker_reset_s,
+        )
         await llm.start()
         stack.push_async_callback(llm.aclose)
 
         emotion, emotion_choice = await start_emotion(settings, embedder, stack, notes)
 
         library = PersonaLibrary.from_dirs(settings.persona_dirs, default=settings.default_persona)
+        from bot.metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics()
+        memory_jobs, memory_jobs_choice = await start_memory_jobs(settings, cache_choice, stack, notes)
+        writer = MemoryWriter(
+            store, vectors, write_embedder, queue_size=settings.memory_queue_size, queue=memory_jobs
+        )
+        memory_llm = make_memory_llm(settings, llm, primary=backends[0].name.split(":", 1)[0])
         engine = Engine(
+            identity=IdentityLinker(store, cache, vectors, write_embedder),
+            metrics=metrics,
             llm=llm,
             store=store,
             cache=cache,
@@ -252,7 +488,7 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
                 min_similarity=settings.memory_min_similarity,
                 keywords=store,
             ),
-            writer=MemoryWriter(store, vectors, write_embedder, queue_size=settings.memory_queue_size),
+            writer=writer,
             config=EngineConfig(
                 budget=PromptBudget(
                     total_tokens=settings.context_token_budget, reply_tokens=settings.llm_max_tokens
@@ -261,22 +497,33 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
                 recent_turns=settings.recent_turns,
                 rate_limit_messages=settings.rate_limit_messages,
                 rate_limit_window_s=settings.rate_limit_window_s,
+                max_message_chars=settings.max_message_chars,
             ),
             emotion=emotion,
             bot_name=settings.bot_name,
-            care=MemoryCare(
-                store,
-                vectors,
-                policy=CarePolicy(
-                    retention_days=settings.memory_retention_days, batch_size=settings.memory_care_batch_size
-                ),
-                interval_s=settings.memory_care_interval_s,
-            )
-            if isinstance(store, MemoryCareStore)
-            else None,
+            locks=locks,
+            care=make_memory_care(settings, store, vectors, write_embedder, memory_llm),
         )
         await engine.start()
         stack.push_async_callback(engine.aclose)
+        if memory_llm is not None:
+            extractor = FactExtractor(writer, memory_llm, batch_turns=settings.memory_extraction_batch_turns)
+            writer.observers.append(extractor.observe)
+            await extractor.start()
+            stack.push_async_callback(extractor.aclose)
+            metrics.watch_queue("fact_extraction", lambda: extractor.pending)
+        metrics.watch_queue("memory_writer", lambda: engine.writer.depth)
+        metrics.watch_queue("relationship_tracker", lambda: engine.relationships.depth)
+        metrics.watch_queue("replies_in_flight", lambda: engine.in_flight)
+        if isinstance(vectors, DurableVectorMemory):
+            durable = vectors
+            metrics.watch_queue("vector_outbox", lambda: durable.pending)
+        from storage.sql.spool import SpoolingConversationStore
+
+        if isinstance(store, SpoolingConversationStore):
+            spooled = store
+            metrics.watch_queue("store_spool", lambda: spooled.pending)
+        metrics.watch_llm(llm.stats)
 
         app = App(
             settings=settings,
@@ -289,12 +536,15 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
             choices={
                 "store": store_choice,
                 "cache": cache_choice,
+                "locks": locks_choice,
+                "jobs": memory_jobs_choice,
                 "vectors": vectors_choice,
                 "embedder": "all-MiniLM-L6-v2 int8 ONNX (in process)",
                 "llm": " → ".join(b.name for b in backends),
                 "emotion": emotion_choice,
             },
             notes=notes,
+            metrics=metrics,
         )
         if with_web and settings.web_enabled:
             from adapters.web.server import WebAdapter
@@ -306,6 +556,7 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
                 api_token=settings.api_token.get_secret_value() if settings.api_token else None,
                 health=app.health,
                 max_message_chars=settings.max_message_chars,
+                metrics=metrics,
             )
             await app.web.start()
             stack.push_async_callback(app.web.aclose)
@@ -329,14 +580,20 @@ async def start_platforms(app: App, stack: contextlib.AsyncExitStack) -> list[st
             if speech is not None:
                 stack.push_async_callback(speech.aclose)
         app.notes.extend(notes)
-    started = [
-        name
-        for name, adapter in (
-            ("discord", await start_discord(app, stack, stt=stt, tts=tts)),
-            ("telegram", await start_telegram(app, stack, stt=stt, tts=tts)),
-            ("slack", await start_slack(app, stack)),
-        )
-        if adapter is not None
-    ]
+        from voice.selection import SpeechRouter, TranscriptionRouter
+
+        if isinstance(stt, TranscriptionRouter):
+            app.reporters["speech-to-text"] = stt.health
+        if isinstance(tts, SpeechRouter):
+            app.reporters["text-to-speech"] = tts.health
+    adapters: dict[str, object | None] = {
+        "discord": await start_discord(app, stack, stt=stt, tts=tts),
+        "telegram": await start_telegram(app, stack, stt=stt, tts=tts),
+        "slack": await start_slack(app, stack),
+    }
+    started = [name for name, adapter in adapters.items() if adapter is not None]
     app.choices["platforms"] = ", ".join(started) or "none (web chat only)"
+    from bot.checkins import start_checkins
+
+    app.checkins = await start_checkins(app, stack, adapters)
     return started

@@ -1,4 +1,4 @@
-"""The ``whisperengine`` command: run, chat, doctor.
+"""The ``whisperengine`` command: run, chat, doctor, secret, backup, restore, migrate.
 
 Start-up problems (a missing setting, an unreachable service) end the process with one
 line on stderr naming what to fix, and exit status 2 — never a traceback.
@@ -26,6 +26,7 @@ from engine.health import overall
 logger = logging.getLogger("whisperengine")
 
 EXIT_CONFIG = 2
+_PORTABILITY = ("backup", "restore", "migrate")
 
 
 def _load_settings() -> Settings:
@@ -93,6 +94,9 @@ async def doctor(settings: Settings) -> int:
     async with build_app(settings, with_web=False) as app:
         _print_choices(app, sys.stdout)
         health = await app.health()
+        from adapters.probe import probe_platforms
+
+        health.update(await probe_platforms(settings))  # each platform whose token is set
         print("health")
         for item in health.values():
             latency = f" {item.latency_ms:.1f} ms" if item.latency_ms is not None else ""
@@ -119,12 +123,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_parser = sub.add_parser("chat", help="chat with the bot in this terminal")
     chat_parser.add_argument("--user", help="your name in the conversation (default: your login)")
     sub.add_parser("doctor", help="show what was detected and chosen for every port, and its health")
+    secret_parser = sub.add_parser("secret", help="store secrets encrypted with ENCRYPTION_KEY")
+    secret_parser.add_argument("action", choices=["set", "delete", "list", "new-key"])
+    secret_parser.add_argument("name", nargs="?", help="the secret's variable name, e.g. OPENAI_API_KEY")
+    from bot.portability import add_commands as add_portability_commands
+
+    add_portability_commands(sub)  # backup, restore, migrate
     args = parser.parse_args(argv)
 
     try:
         settings = _load_settings()
-        quiet = args.command in ("chat", "doctor") and settings.log_level.upper() == "INFO"
-        configure_logging("WARNING" if quiet else settings.log_level, settings.secrets())
+        quiet = (
+            args.command in ("chat", "doctor", "secret", *_PORTABILITY)
+            and settings.log_level.upper() == "INFO"
+        )
+        configure_logging("WARNING" if quiet else settings.log_level, settings.secrets(), settings.log_format)
         match args.command:
             case "run":
                 return asyncio.run(run(settings))
@@ -132,6 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(chat(settings, args.user))
             case "doctor":
                 return asyncio.run(doctor(settings))
+            case "secret":
+                from bot.secret_command import secret_command
+
+                return asyncio.run(secret_command(settings, args.action, args.name))
+            case "backup" | "restore" | "migrate":
+                from bot.portability import run_command
+
+                return run_command(settings, args)
     except (ConfigError, BackendUnavailable) as exc:
         print(f"whisperengine: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(None, description="Redis for the cache; unset = in-process cache.")
     redis_prefix: str = Field("we:", description="Prefix of every Redis key.")
+    conversation_lock_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="With Redis: expiry of a conversation's lock, renewed while it is held.",
+    )
+    conversation_lock_wait_s: float = Field(
+        120.0, gt=0, description="Longest wait for a conversation busy with another message."
+    )
     chroma_url: str | None = Field(
         None, description="Chroma server (http://host:port); unset = embedded Chroma."
     )
@@ -209,6 +217,11 @@ class Settings(BaseSettings):
     stt_language: str | None = Field(
         None, description="Language of voice messages (ISO 639-1, e.g. en); unset = detect it."
     )
+    stt_fallbacks: Annotated[list[Literal["faster-whisper", "openai"]], NoDecode] = Field(
+        default_factory=list,
+        description="Speech-to-text engines to try, in order, when STT_BACKEND's engine fails or its "
+        "circuit is open (comma-separated).",
+    )
     openai_stt_model: str = Field(
         "whisper-1", description="Transcription model of the OpenAI API (STT_BACKEND=openai)."
     )
@@ -279,12 +292,132 @@ class Settings(BaseSettings):
         "never said twice).",
     )
     memory_care_batch_size: int = Field(200, ge=1, description="Most memories one memory-care run looks at.")
+    memory_use_llm: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Use the chat LLM in the background to extract lasting facts from what users say "
+        "and to summarise old sessions; off (or when the LLM fails) = rule-based only. auto: on "
+        "unless the chat model is llama.cpp in this process (it would take CPU from replies).",
+    )
+    memory_llm_calls_per_minute: int = Field(
+        6, ge=1, description="Most background memory LLM calls (fact extraction and summaries) per minute."
+    )
+    memory_llm_max_tokens: int = Field(
+        200, ge=16, description="Longest answer of one background memory LLM call, in tokens."
+    )
+    memory_llm_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for one background memory LLM call."
+    )
+    memory_extraction_batch_turns: int = Field(
+        8, ge=1, le=50, description="Most user messages sent in one fact-extraction call."
+    )
+    memory_compaction_after_days: float = Field(
+        2.0, gt=0, description="Turns older than this many days are compacted into session summaries."
+    )
+    memory_session_gap_minutes: float = Field(
+        60.0, gt=0, description="A silence longer than this starts a new session (for summaries)."
+    )
+    memory_compaction_max_sessions: int = Field(
+        20, ge=1, description="Most sessions summarised per memory-care run."
+    )
+    memory_summary_max_chars: int = Field(
+        500, ge=50, description="Longest session summary, in characters (time span not counted)."
+    )
 
     # --- end memory care -------------------------------------------------------------------
 
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    # --- check-ins -------------------------------------------------------------------------
+    checkins_enabled: bool = Field(
+        True,
+        description="Let users opt in to check-ins (/checkin): the bot writes first, by direct message on "
+        "Discord or Telegram, at a local time they choose. Run them in one process only.",
+    )
+    checkin_tick_s: float = Field(
+        60.0, gt=0, le=600, description="Seconds between two looks for due check-ins."
+    )
+    checkin_grace_minutes: float = Field(
+        30.0,
+        gt=0,
+        le=720,
+        description="A check-in later than this (the bot was down) is skipped, not sent late.",
+    )
+    checkin_max_per_tick: int = Field(
+        20, ge=1, description="Most check-ins written per look; the rest wait for the next one."
+    )
 
-    @field_validator("llm_fallbacks", mode="before")
+    # --- end check-ins ---------------------------------------------------------------------
+
+    # --- store spool -----------------------------------------------------------------------
+    store_spool_max_entries: int = Field(
+        10_000,
+        ge=0,
+        description="Writes kept in the local spool ($DATA_DIR/spool) while the database is unreachable, "
+        "written when it returns; beyond this, new messages are refused with an apology (replies and "
+        "memories of messages already taken may use twice the room). 0 = no spool.",
+    )
+    store_spool_max_mb: float = Field(
+        64.0, gt=0, description="Most disk space the store spool may use, in MiB."
+    )
+    store_spool_replay_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between checks whether the database is back, while writes are spooled.",
+    )
+    # --- end store spool -------------------------------------------------------------------
+
+    # --- failover --------------------------------------------------------------------------
+    breaker_failures: int = Field(
+        3,
+        ge=1,
+        description="Consecutive failures after which a service (LLM backend, vector store, speech "
+        "engine, chat platform) is skipped until a trial call succeeds.",
+    )
+    breaker_reset_s: float = Field(
+        30.0, gt=0, description="Seconds a skipped service waits before one trial call is let through."
+    )
+    platform_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest wait for one call to a chat platform's API (Discord, Telegram, Slack: "
+        "sending or editing a reply); a call that takes longer counts as a failure.",
+    )
+    platform_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a chat platform API call that failed with a server error, a network "
+        "error or a timeout; refusals (400, 403) are never retried.",
+    )
+    platform_backoff_s: float = Field(
+        0.5, gt=0, description="Wait before the first retry of a platform API call; doubled per retry."
+    )
+    failover_probe_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between checks whether Redis or the vector store is back."
+    )
+    cache_timeout_s: float = Field(
+        1.0, gt=0, description="Longest wait for one Redis call before the in-process cache answers instead."
+    )
+    vector_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for one vector-store call; after it, recall goes without long-term "
+        "memory and writes wait in the database.",
+    )
+    vector_outbox_batch_size: int = Field(
+        100, ge=1, description="Queued memory writes replayed per batch when the vector store is back."
+    )
+    # --- end failover ----------------------------------------------------------------------
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: readable lines; json: one JSON object per line (for log collectors)."
+    )
+    encryption_key: SecretStr | None = Field(
+        None,
+        description="Fernet key that encrypts secrets stored at run time (e.g. a server's own API key); "
+        "make one with `whisperengine secret new-key`. Unset = storing secrets is refused.",
+    )
+
+    @field_validator("llm_fallbacks", "stt_fallbacks", mode="before")
     @classmethod
     def _split_fallbacks(cls, value: object) -> object:
         if isinstance(value, str):
@@ -310,5 +443,6 @@ class Settings(BaseSettings):
         configured: tuple[SecretStr | None, ...] = (self.openai_api_key, self.api_token, self.discord_token)
         configured += (self.telegram_token, self.telegram_webhook_secret)  # telegram
         configured += (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token)  # slack
+        configured += (self.encryption_key,)  # secrets at rest
         values = [s.get_secret_value() for s in configured if s is not None]
         return [v for v in values if v]

@@ -7,10 +7,14 @@ boundary of the module that talks to that SDK, so callers only ever see these::
     WhisperEngineError
     ├── ConfigError            a setting is missing or invalid; names the variable to fix
     ├── BackendUnavailable     a configured service cannot be reached; names it and its variable
+    │   ├── CircuitOpen        ... and its circuit breaker is open, so it was not even asked
+    │   └── WriteRefused       ... and the local spool that holds writes meanwhile is full
     ├── StorageError           a store failed an operation it should have been able to do
+    │   └── ConversationBusy   ... a conversation stayed locked longer than the wait limit
     ├── LLMError               the language model could not produce a reply
     │   └── LLMTimeout         ... because it took longer than the configured timeout
     └── InputError             a message, attachment or option is malformed or too large
+        └── LinkRefused        ... an account-link code was wrong, used, expired or guessed at
 
 ``bot/cli.py`` turns ConfigError and BackendUnavailable into one-line messages at start-up;
 each dispatched task has one error boundary that logs anything else with ``logger.exception``.
@@ -49,8 +53,29 @@ class BackendUnavailable(WhisperEngineError):
         return f"{text} (check {self.variable})" if self.variable else text
 
 
+class WriteRefused(BackendUnavailable):
+    """The database is unreachable and the local spool that keeps writes until it returns is
+    full: nothing was stored, and whoever sent the data must be told to try again later."""
+
+
+class CircuitOpen(BackendUnavailable):
+    """A call was refused without trying: the service's circuit breaker is open
+    (``engine/breaker.py``) after repeated failures."""
+
+
 class StorageError(WhisperEngineError):
     """A store failed an operation."""
+
+
+class ConversationBusy(StorageError):
+    """Another message of the conversation held its lock for longer than the wait limit."""
+
+    def __init__(self, conversation_key: str, waited_s: float) -> None:
+        super().__init__(
+            f"conversation {conversation_key} is still busy with another message after {waited_s:.1f} s"
+        )
+        self.conversation_key = conversation_key
+        self.waited_s = waited_s
 
 
 class LLMError(WhisperEngineError):
@@ -67,3 +92,16 @@ class LLMTimeout(LLMError):
 
 class InputError(WhisperEngineError):
     """Input from a user or a platform is malformed or exceeds a limit."""
+
+
+class LinkRefused(InputError):
+    """An account-link code was refused; the message is fit to show the user.
+
+    ``reason``: ``malformed``, ``unknown`` (never issued, or expired), ``used``, ``own`` (entered
+    on the account that asked for it), ``already`` (the accounts are linked) or ``too_many``
+    (too many codes tried lately).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,6 +1,8 @@
 """``Engine.handle``: one pipeline for every platform.
 
-    message → middleware (ignore own messages, rate limit)
+    message → middleware (ignore own messages, length limit, rate limit)
+            → the account's identity (accounts linked with /link share one user_key:
+              ``engine/identity.py``), which every step below uses
             → persist the user's message (before the LLM is called: nothing is lost)
             → context: recent turns (cache, else the store), the user's relevant memories,
               profile, persona, emotion — gathered concurrently
@@ -24,24 +26,38 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from engine.checkins import CHECKIN_SETTING
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
-from engine.errors import BackendUnavailable, LLMError, StorageError
+from engine.errors import BackendUnavailable, InputError, LLMError, StorageError, WriteRefused
 from engine.events import AIResponse, MemoryHit, ReplyKind, Timings, Turn, UniversalMessage, new_id, utcnow
+from engine.identity import IdentityLinker, LinkCode, LinkResult
+from engine.locks import LocalConversationLocks
 from engine.memory import MemoryRecall, MemoryWriter, TurnRecord, memory_text
-from engine.memory_care import MemoryCare, MemoryCareStore
-from engine.middleware import Middleware, Next, RateLimiter, ignore_own_messages
-from engine.persona import PERSONA_SETTING, PersonaSelector
-from engine.ports import LLM, Cache, ConversationStore, StoredMessage, UserProfile, Vector
-from engine.prompt import PromptBudget, build_prompt
+from engine.memory_care import MemoryCare
+from engine.middleware import LengthLimit, Middleware, Next, RateLimiter, ignore_own_messages
+from engine.persona import PERSONA_SETTING, Persona, PersonaSelector
+from engine.ports import (
+    LLM,
+    Cache,
+    ConversationLocks,
+    ConversationStore,
+    Metrics,
+    NoMetrics,
+    StoredMessage,
+    UserProfile,
+    Vector,
+)
+from engine.prompt import PromptBudget, build_prompt, estimate_tokens
 from engine.relationship import RELATIONSHIP_SETTING, Observation, RelationshipProfile, RelationshipTracker
 from engine.reply import ReplyStream
 
 logger = logging.getLogger(__name__)
 
 # The settings kept under a user's own scope (scope = user_key), exported with their data.
-USER_SETTINGS = (RELATIONSHIP_SETTING, PERSONA_SETTING)
+USER_SETTINGS = (RELATIONSHIP_SETTING, PERSONA_SETTING, CHECKIN_SETTING)
 
 APOLOGY = "Sorry, I couldn't come up with a reply just now. Please try again in a moment."
+NOT_SAVED = "Sorry, I can't save messages right now, so I didn't take this one in. Please try again later."
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +68,7 @@ class EngineConfig:
     rate_limit_messages: int = 10
     rate_limit_window_s: float = 60.0
     turns_ttl_s: float = 6 * 3600
+    max_message_chars: int = 8000
 
 
 def _turn_to_json(turn: Turn) -> str:
@@ -81,8 +98,16 @@ class Engine:
         bot_name: str = "assistant",
         relationships: RelationshipTracker | None = None,
         care: MemoryCare | None = None,
+        metrics: Metrics | None = None,
+        locks: ConversationLocks | None = None,
+        identity: IdentityLinker | None = None,
     ) -> None:
         self.llm = llm
+        # linked accounts resolve to one identity; None: every account is its own identity
+        self.identity = identity
+        # one message per conversation at a time, in arrival order (across processes with Redis)
+        self.locks: ConversationLocks = locks or LocalConversationLocks()
+        self.metrics = metrics or NoMetrics()
         self.care = care
         self.store = store
         self.cache = cache
@@ -98,6 +123,7 @@ class Engine:
             if middleware is not None
             else [
                 ignore_own_messages,
+                LengthLimit(config.max_message_chars),
                 RateLimiter(
                     cache, max_messages=config.rate_limit_messages, window_s=config.rate_limit_window_s
                 ),
@@ -121,7 +147,13 @@ class Engine:
 
     def handle(self, message: UniversalMessage) -> ReplyStream:
         """Answer one message; iterate the result for chunks, or ``await .collect()``."""
-        return ReplyStream(self._through_middleware(message))
+        return ReplyStream(self._in_turn(message))
+
+    async def _in_turn(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
+        """The whole answer (middleware included) while holding the conversation's lock."""
+        async with self.locks.hold(message.conversation_key):
+            async for item in self._through_middleware(message):
+                yield item
 
     async def _through_middleware(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
         async def answer(msg: UniversalMessage) -> ReplyStream:
@@ -133,6 +165,7 @@ class Engine:
         stream = await call(message)
         async for item in stream._raw():
             yield item
+        self.metrics.message_handled(message.platform, str(stream.response.kind))
 
     async def _answer(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
         started = time.perf_counter()
@@ -146,10 +179,11 @@ class Engine:
     async def _answer_inner(
         self, message: UniversalMessage, started: float
     ) -> AsyncIterator[str | AIResponse]:
+        user_key = await self.resolve_user_key(message.user_key)  # linked accounts: one identity
         stored = StoredMessage(
             id=stored_message_id(message),
             conversation_key=message.conversation_key,
-            user_key=message.user_key,
+            user_key=user_key,
             role="user",
             content=message.content,
             user_name=message.user_name,
@@ -163,13 +197,19 @@ class Engine:
         # History is read before this message is added to it.
         turns_task = asyncio.create_task(self._recent_turns(message.conversation_key, exclude_id=stored.id))
         # Stored before the LLM is called, alongside the context reads.
-        profile, (memories, embedding), persona, turns, relationship = await _all_of(
-            self._persist_user_message(message, stored),
-            self._recall(message),
-            self.personas.for_message(message),
-            turns_task,
-            self._relationship(message.user_key),
-        )
+        try:
+            profile, (memories, embedding), persona, turns, relationship = await _all_of(
+                self._persist_user_message(message, stored),
+                self._recall(message, user_key),
+                self._persona(message),
+                turns_task,
+                self._relationship(user_key),
+            )
+        except WriteRefused as exc:  # not stored: say so rather than answer and forget it
+            logger.error("message %s of %s refused: %s", stored.id, message.user_key, exc)
+            yield NOT_SAVED
+            yield AIResponse(content=NOT_SAVED, kind=ReplyKind.APOLOGY, error=str(exc))
+            return
         # The recall embedding ("Name: content") doubles as the classifier's input: no second model run.
         emotion = (await self.emotion.detect(message.content, embedding)).label
         if relationship is not None:
@@ -210,6 +250,12 @@ class Engine:
             parts.append(apology)
             yield apology
         llm_done = time.perf_counter()
+        backend = getattr(stream, "backend", None) or self.llm.name
+        streamed = parts[:-1] if kind is ReplyKind.APOLOGY else parts
+        if streamed:
+            self.metrics.llm_streamed(
+                backend, chunks=len(streamed), approx_tokens=estimate_tokens("".join(streamed))
+            )
 
         content = "".join(parts).strip()
         if not content:
@@ -218,7 +264,7 @@ class Engine:
         reply = StoredMessage(
             id=new_id(),
             conversation_key=message.conversation_key,
-            user_key=message.user_key,
+            user_key=user_key,
             role="assistant",
             content=content,
             user_name=self.bot_name,
@@ -238,13 +284,23 @@ class Engine:
                 embedding=embedding,
                 # used = shown to the model, not merely found
                 recalled_ids=tuple(hit.memory_id for hit in prompt.memories_included),
+                # keyword context from the turn before, in a DM only: in a channel that turn may
+                # be someone else's, whose words must not live on in this user's memories
+                follows=memory_text(turns[-1].user_name, turns[-1].content)
+                if turns and message.is_direct
+                else "",
             )
         )
         if profile is not None:  # only users the store knows; the tracker writes in the background
             self.relationships.observe(
-                Observation(message.user_key, message.content, emotion, profile, message.timestamp)
+                Observation(user_key, message.content, emotion, profile, message.timestamp)
             )
         ms = 1000.0
+        self.metrics.reply_timed(
+            message.platform,
+            total_s=time.perf_counter() - started,
+            first_token_s=(first_token - started) if first_token else None,
+        )
         yield AIResponse(
             content=content,
             kind=kind,
@@ -258,7 +314,7 @@ class Engine:
                 total_ms=(time.perf_counter() - started) * ms,
             ),
             # a fallback chain says which of its backends answered this reply
-            llm_backend=getattr(stream, "backend", None) or self.llm.name,
+            llm_backend=backend,
             error=error,
         )
 
@@ -267,19 +323,31 @@ class Engine:
     async def _persist_user_message(
         self, message: UniversalMessage, stored: StoredMessage
     ) -> UserProfile | None:
+        platform, user_id = message.platform, message.user_id
+        if stored.user_key != message.user_key:  # a linked account: the identity's own names
+            platform, _, user_id = stored.user_key.partition(":")
         try:
             profile = await self.store.touch_user(
-                message.user_key,
-                platform=message.platform,
-                user_id=message.user_id,
+                stored.user_key,
+                platform=platform,
+                user_id=user_id,
                 display_name=message.user_name,
                 seen_at=message.timestamp,
             )
             await self.store.add_message(stored)
+        except WriteRefused:
+            raise
         except (StorageError, BackendUnavailable):
             logger.exception("could not store message %s of %s", stored.id, message.user_key)
             return None
         return profile
+
+    async def _persona(self, message: UniversalMessage) -> Persona:
+        try:
+            return await self.personas.for_message(message)
+        except (StorageError, BackendUnavailable):
+            logger.exception("could not read the persona of %s; using the default", message.conversation_key)
+            return self.personas.library.default
 
     async def _relationship(self, user_key: str) -> RelationshipProfile | None:
         try:
@@ -313,23 +381,77 @@ class Engine:
                 self.config.turns_ttl_s,
             )
 
-    async def _recall(self, message: UniversalMessage) -> tuple[list[MemoryHit], Vector | None]:
+    async def add_assistant_message(self, message: StoredMessage) -> None:
+        """Store a message the bot wrote on its own (a check-in) as a turn of its conversation,
+        so the conversation goes on from it. Cached turns are extended only where they exist:
+        an empty cache is filled from the store, which then has it."""
+        await self.store.add_message(message)
+        if self.config.recent_turns > 0 and await self.cache.tail(f"turns:{message.conversation_key}", 1):
+            turn = Turn(message.role, message.content, message.user_name, message.created_at)
+            await self._remember_turn(message.conversation_key, turn)
+
+    async def _recall(
+        self, message: UniversalMessage, user_key: str
+    ) -> tuple[list[MemoryHit], Vector | None]:
         """The user's memories relevant to the message, and the message's embedding."""
         if not message.content.strip():
             return [], None
         try:
             # Dense recall embeds the text a memory would have; keyword search matches the words.
             return await self.recall.search(
-                message.user_key, message.content, embed_text=memory_text(message.user_name, message.content)
+                user_key, message.content, embed_text=memory_text(message.user_name, message.content)
             )
         except (StorageError, BackendUnavailable):
-            logger.exception("memory recall failed for %s; answering without it", message.user_key)
+            logger.exception("memory recall failed for %s; answering without it", user_key)
             return [], None
+
+    # --- linked accounts --------------------------------------------------------------
+
+    async def resolve_user_key(self, user_key: str) -> str:
+        """The identity an account belongs to: the canonical user_key of linked accounts, else
+        the account's own. When the link records cannot be read, the account's own."""
+        if self.identity is None:
+            return user_key
+        try:
+            return await self.identity.resolve(user_key)
+        except (StorageError, BackendUnavailable):
+            logger.exception("could not resolve the identity of %s; using the account itself", user_key)
+            return user_key
+
+    def _linker(self) -> IdentityLinker:
+        if self.identity is None:
+            raise InputError("Linking accounts isn't available on this bot.")
+        return self.identity
+
+    async def start_link(self, user_key: str) -> LinkCode:
+        """A one-time code that links another account to this one (see ``engine/identity.py``)."""
+        return await self._linker().issue_code(user_key)
+
+    async def link_accounts(self, user_key: str, code: str) -> LinkResult:
+        """Link the account ``user_key`` to the one that was given ``code``: its data joins that
+        identity. LinkRefused (an InputError) says why a code is refused."""
+
+        async def settle() -> None:
+            await self.writer.drain()
+            await self.relationships.drain()
+
+        result = await self._linker().redeem(user_key, code, settle=settle)
+        self.relationships.forget(result.merged)
+        self.relationships.forget(result.canonical)
+        return result
+
+    async def linked_accounts(self, user_key: str) -> list[str]:
+        """Every account of the identity ``user_key`` belongs to, the canonical one first."""
+        if self.identity is None:
+            return [user_key]
+        return await self.identity.accounts(user_key)
 
     # --- a user's own data ----------------------------------------------------------
 
     async def export_user(self, user_key: str) -> dict[str, object]:
-        """Everything held about a user, as one JSON-ready document."""
+        """Everything held about a user (all their linked accounts), as one JSON-ready document."""
+        accounts = await self.linked_accounts(user_key)
+        user_key = accounts[0]
         await self.writer.drain()
         await self.relationships.drain()
         profile = await self.store.get_user(user_key)
@@ -347,6 +469,7 @@ class Engine:
         )
         return {
             "user_key": user_key,
+            "linked_accounts": accounts[1:],
             "exported_at": utcnow().isoformat(),
             "profile": None if profile is None else _jsonable(asdict(profile)),
             "relationship": relationship,
@@ -358,31 +481,37 @@ class Engine:
     async def _export_memories(self, user_key: str) -> list[dict[str, Any]]:
         """The user's memories, superseded ones included (history) with their care fields."""
         memories = [_jsonable(asdict(m)) for m in await self.store.list_memories(user_key, limit=1_000_000)]
-        if isinstance(self.store, MemoryCareStore):
-            states = {s.id: s for s in await self.store.memory_states(user_key)}
-            for memory in memories:
-                state = states.get(memory["id"])
-                if state is not None:
-                    memory.update(
-                        superseded_by=state.superseded_by,
-                        mentions=state.mentions,
-                        use_count=state.use_count,
-                        last_used_at=state.last_used_at.isoformat() if state.last_used_at else None,
-                        updated_at=state.updated_at.isoformat(),
-                    )
+        states = {s.id: s for s in await self.store.memory_states(user_key)}
+        for memory in memories:
+            state = states.get(memory["id"])
+            if state is not None:
+                memory.update(
+                    superseded_by=state.superseded_by,
+                    mentions=state.mentions,
+                    use_count=state.use_count,
+                    last_used_at=state.last_used_at.isoformat() if state.last_used_at else None,
+                    updated_at=state.updated_at.isoformat(),
+                )
         return memories
 
     async def forget_user(self, user_key: str) -> int:
-        """Erase everything held about a user: rows, vectors, cached turns and counters."""
+        """Erase everything held about a user, on every linked account: rows, vectors, cached
+        turns, counters and the links themselves."""
+        accounts = await self.linked_accounts(user_key)
         await self.writer.drain()
         await self.relationships.drain()
-        conversations = {m.conversation_key for m in await self.store.user_messages(user_key, limit=100_000)}
-        removed = await self.store.forget_user(user_key)
-        self.relationships.forget(user_key)
-        await self.recall.forget(user_key)
-        for conversation in conversations:
-            await self.cache.delete(f"turns:{conversation}")
-        await self.cache.delete_prefix(f"rl:{user_key}:")
+        removed = 0
+        for account in accounts:
+            messages = await self.store.user_messages(account, limit=100_000)
+            conversations = {m.conversation_key for m in messages}
+            removed += await self.store.forget_user(account)
+            self.relationships.forget(account)
+            await self.recall.forget(account)
+            for conversation in conversations:
+                await self.cache.delete(f"turns:{conversation}")
+            await self.cache.delete_prefix(f"rl:{account}:")
+        if self.identity is not None:
+            await self.identity.forget(accounts)
         return removed
 
 

@@ -13,9 +13,10 @@ User scopes are ``UniversalMessage.user_key`` (``"discord:1234"``); guild settin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from engine.events import ChatMessage, Role
 
@@ -70,6 +71,45 @@ class MemoryRecord:
     platform: str = ""
     channel_id: str = ""
     source_message_ids: tuple[str, ...] = ()
+    search_context: str = ""
+    """Words that help keyword search find the memory but are not part of it: when it was said
+    and the turn it followed (see ``engine.memory.search_context``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryState:
+    """A memory's care fields (``engine/memory_care.py``), as the store keeps them."""
+
+    id: str
+    user_key: str
+    importance: float
+    created_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None = None
+    use_count: int = 0
+    mentions: int = 1
+    superseded_by: str | None = None
+    source_message_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSpan:
+    """One user's part of one conversation: its newest message before some instant."""
+
+    user_key: str
+    conversation_key: str
+    newest: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MergedUser:
+    """What ``ConversationStore.merge_users`` moved."""
+
+    messages: int = 0
+    memory_ids: tuple[str, ...] = ()
+    settings: int = 0
+    profile: bool = False
+    """Whether source had a profile (merged into target's, or renamed to target)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,14 +225,83 @@ class ConversationStore(Protocol):
         """
         ...
 
+    # --- memory care (``engine/memory_care.py``); every call is scoped to ``user_key`` ---
+
+    async def reinforce_memory(
+        self,
+        user_key: str,
+        memory_id: str,
+        *,
+        source_message_id: str,
+        at: datetime,
+        importance_delta: float,
+        max_importance: float = 1.0,
+    ) -> MemoryState | None:
+        """Importance up (capped), mentions up, the source added once; None if not the user's."""
+        ...
+
+    async def supersede_memory(
+        self, user_key: str, memory_id: str, *, superseded_by: str, at: datetime
+    ) -> bool:
+        """Mark the user's memory as replaced by ``superseded_by``; False if not the user's."""
+        ...
+
+    async def mark_memories_used(self, user_key: str, ids: Sequence[str], *, at: datetime) -> int:
+        """``use_count`` + 1 and ``last_used_at = at`` for the user's memories with these ids."""
+        ...
+
+    async def memory_states(self, user_key: str, ids: Sequence[str] | None = None) -> list[MemoryState]:
+        """The care fields of the user's memories (all of them without ``ids``)."""
+        ...
+
+    async def stale_memories(
+        self, *, idle_before: datetime, max_importance: float, max_mentions: int, after_id: str, limit: int
+    ) -> list[MemoryState]:
+        """Memories of any user not written or used since ``idle_before``, importance below
+        ``max_importance``, mentioned at most ``max_mentions`` times, id > ``after_id``, by id."""
+        ...
+
+    async def conversation_spans(
+        self, *, before: datetime, after: tuple[str, str] | None, limit: int
+    ) -> list[ConversationSpan]:
+        """Each (user_key, conversation_key) with messages older than ``before``, with the newest
+        of them; ordered by that pair, pairs after ``after`` only, at most ``limit``."""
+        ...
+
+    async def conversation_messages(
+        self, user_key: str, conversation_key: str, *, after: datetime | None, limit: int
+    ) -> list[StoredMessage]:
+        """The user's messages (and the replies to them) in a conversation created after
+        ``after`` (all without it): the oldest ``limit``, oldest first."""
+        ...
+
     async def get_setting(self, scope: str, key: str) -> JSONValue | None: ...
 
     async def set_setting(self, scope: str, key: str, value: JSONValue) -> None: ...
 
     async def delete_setting(self, scope: str, key: str) -> None: ...
 
+    async def settings_with_key(
+        self, key: str, *, after_scope: str = "", limit: int = 500
+    ) -> list[tuple[str, JSONValue]]:
+        """One page of ``(scope, value)`` of every scope that has setting ``key``: scopes after
+        ``after_scope`` only, in scope order, at most ``limit`` (walk on from the last scope)."""
+        ...
+
     async def forget_user(self, user_key: str) -> int:
         """Erase the user's profile, messages, memories and settings; returns rows removed."""
+        ...
+
+    async def merge_users(self, source: str, target: str) -> MergedUser:
+        """Give everything of user ``source`` to user ``target``, in one transaction.
+
+        Messages and memories change owner (ids, texts and care fields kept); the profiles
+        combine (message counts summed, earliest first_seen, latest last_seen, target's display
+        and preferred name, source's preferred name when target has none; source's profile is
+        renamed when target has none) and source's profile is removed; settings scoped to
+        source move to target, except keys target already has (target's kept, source's
+        dropped). Merging a user with nothing left is a no-op.
+        """
         ...
 
 
@@ -254,6 +363,78 @@ class Cache(Protocol):
         ...
 
 
+class ConversationLocks(Protocol):
+    """One message of a conversation handled at a time, by one process at a time.
+
+    ``async with locks.hold(conversation_key):`` waits its turn; within a process, waiters of a
+    key are served in arrival order. Waiting longer than the implementation's limit raises
+    :class:`engine.errors.ConversationBusy`.
+    """
+
+    def hold(self, conversation_key: str) -> AbstractAsyncContextManager[None]: ...
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+JobT = TypeVar("JobT")
+
+
+class WorkQueue(Protocol[JobT]):
+    """A background worker's queue, with the part of ``asyncio.Queue``'s interface it uses
+    (``asyncio.Queue`` itself is the in-process implementation).
+
+    ``put`` waits while the queue is full; ``get`` waits for a job; ``get_nowait`` takes one more
+    job already at hand (``asyncio.QueueEmpty`` when there is none, as ``empty()`` says);
+    ``task_done`` marks the oldest job taken and not yet done as done; ``join`` waits until every
+    job put here has been done; ``qsize`` counts the jobs put here and not yet done.
+
+    A shared implementation (``storage.cache.jobs.RedisWorkQueue``) lets several processes take
+    jobs from one queue, and keeps a job until it is done: a job taken by a process that dies
+    is handed out again (at-least-once), so the work must be safe to repeat.
+    """
+
+    async def put(self, item: JobT) -> None: ...
+
+    async def get(self) -> JobT: ...
+
+    def get_nowait(self) -> JobT: ...
+
+    def empty(self) -> bool: ...
+
+    def task_done(self) -> None: ...
+
+    async def join(self) -> None: ...
+
+    def qsize(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DirectMessageSent:
+    """Where a message the bot wrote first went: the private chat, and the first part's id."""
+
+    channel_id: str
+    message_id: str
+
+
+@runtime_checkable
+class DirectMessenger(Protocol):
+    """A platform on which the bot can write first to a user, in their private chat with it
+    (check-ins). ``user_id`` is the platform's own id of the user.
+
+    Raises InputError when the platform refuses (the user blocked the bot, never opened a
+    chat with it, or does not accept direct messages), BackendUnavailable when it is down.
+    """
+
+    async def direct_channel(self, user_id: str) -> str:
+        """The id of the user's private chat with the bot, opened when there is none yet."""
+        ...
+
+    async def send_direct(self, user_id: str, text: str) -> DirectMessageSent:
+        """Send ``text`` to the user's private chat (split as the platform needs)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Transcript:
     """What speech-to-text heard: the text, its language (ISO 639-1, when known), and how
@@ -302,3 +483,35 @@ class TextToSpeech(Protocol):
 
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
+
+
+class Metrics(Protocol):
+    """What the engine reports about its work, for the process to export (``bot/metrics.py``).
+
+    Every method is cheap and never raises; :class:`NoMetrics` is the default.
+    """
+
+    def message_handled(self, platform: str, kind: str) -> None:
+        """One message answered (``kind``: answer, apology, rate_limited, ignored...)."""
+        ...
+
+    def reply_timed(self, platform: str, *, total_s: float, first_token_s: float | None) -> None:
+        """How long a reply took in all, and until its first chunk (None: no chunk came)."""
+        ...
+
+    def llm_streamed(self, backend: str, *, chunks: int, approx_tokens: int) -> None:
+        """A reply's text as streamed by ``backend``: its chunks and about how many tokens."""
+        ...
+
+
+class NoMetrics:
+    """Metrics that go nowhere."""
+
+    def message_handled(self, platform: str, kind: str) -> None:
+        return None
+
+    def reply_timed(self, platform: str, *, total_s: float, first_token_s: float | None) -> None:
+        return None
+
+    def llm_streamed(self, backend: str, *, chunks: int, approx_tokens: int) -> None:
+        return None

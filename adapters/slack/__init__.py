@@ -20,12 +20,20 @@ async def start_slack(app: App, stack: contextlib.AsyncExitStack) -> SlackAdapte
     """Start the Slack adapter when a bot token is configured; None otherwise."""
     if app.settings.slack_bot_token is None:
         return None
+    from adapters.guard import platform_guard
+
     from .adapter import SlackAdapter
     from .config import SlackConfig
 
-    adapter = SlackAdapter(app.engine, SlackConfig.from_settings(app.settings), cache=app.cache)
+    adapter = SlackAdapter(
+        app.engine,
+        SlackConfig.from_settings(app.settings),
+        cache=app.cache,
+        guard=platform_guard("slack", app.settings, service="Slack Web API", variable="SLACK_API_BASE_URL"),
+    )
     await adapter.start()
     stack.push_async_callback(adapter.aclose)
+    app.reporters["slack"] = adapter.guard.health
     return adapter
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.guard import PlatformGuard
 from adapters.streaming import StreamRenderer
 from adapters.textsplit import split_text
 from engine.errors import BackendUnavailable, ConfigError, InputError, StorageError, WhisperEngineError
@@ -41,7 +43,7 @@ from engine.pipeline import Engine
 from engine.ports import Cache
 
 from .config import SlackConfig
-from .translate import escape, readable_text, reply_thread, to_universal
+from .translate import escape, is_well_formed, readable_text, reply_thread, to_universal
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +63,38 @@ def split_for_slack(text: str) -> list[str]:
     return split_text(text, SLACK_LIMIT, measure=lambda part: len(escape(part)))
 
 
-async def slack_call(call: Callable[[], Awaitable[T]]) -> T:
-    """Run one Web API call; converts slack_sdk's errors.
+class _ServerError(Exception):
+    """A 5xx answer of the Web API: retried, then reported as BackendUnavailable."""
 
-    An API refusal (``ok: false``) → InputError; the API unreachable → BackendUnavailable.
-    Rate limits are waited out once by the client's retry handler.
+    def __init__(self, error: SlackApiError) -> None:
+        super().__init__(f"HTTP {error.response.status_code}: {error.response.get('error', error)}")
+        self.error = error
+
+
+TRANSIENT_ERRORS = (_ServerError, aiohttp.ClientError)
+
+
+async def slack_call(call: Callable[[], Awaitable[T]], guard: PlatformGuard | None = None) -> T:
+    """Run one Web API call (through ``guard``: timeout, retries, circuit breaker); converts
+    slack_sdk's errors.
+
+    An API refusal (``ok: false``) → InputError; the API unreachable or answering 5xx →
+    BackendUnavailable (``CircuitOpen`` while the guard's circuit is open). Rate limits are
+    waited out once by the client's retry handler.
     """
+
+    async def attempt() -> T:
+        try:
+            return await call()
+        except SlackApiError as exc:
+            if exc.response.status_code >= 500:
+                raise _ServerError(exc) from exc
+            raise
+
     try:
-        return await call()
+        return await (attempt() if guard is None else guard.call(attempt, transient=TRANSIENT_ERRORS))
+    except _ServerError as exc:
+        raise BackendUnavailable("Slack Web API", str(exc), variable="SLACK_API_BASE_URL") from exc
     except SlackApiError as exc:
         raise InputError(f"Slack refused the request: {exc.response.get('error', exc)}") from exc
     except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
@@ -80,10 +106,13 @@ async def slack_call(call: Callable[[], Awaitable[T]]) -> T:
 class SlackSink:
     """Posts and edits the messages of one reply in a channel (and thread)."""
 
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str | None) -> None:
+    def __init__(
+        self, client: AsyncWebClient, channel: str, thread_ts: str | None, guard: PlatformGuard | None = None
+    ) -> None:
         self._client = client
         self._channel = channel
         self._thread = thread_ts
+        self._guard = guard
 
     async def post(self, text: str) -> str:
         response = await slack_call(
@@ -93,23 +122,30 @@ class SlackSink:
                 text=escape(text),
                 unfurl_links=False,
                 unfurl_media=False,
-            )
+            ),
+            self._guard,
         )
         return str(response["ts"])
 
     async def edit(self, handle: str, text: str) -> None:
         await slack_call(
-            lambda: self._client.chat_update(channel=self._channel, ts=handle, text=escape(text))
+            lambda: self._client.chat_update(channel=self._channel, ts=handle, text=escape(text)),
+            self._guard,
         )
 
 
 class SlackAdapter:
     """A bolt ``AsyncApp`` translating Slack events for one :class:`Engine`."""
 
-    def __init__(self, engine: Engine, config: SlackConfig, *, cache: Cache) -> None:
+    def __init__(
+        self, engine: Engine, config: SlackConfig, *, cache: Cache, guard: PlatformGuard | None = None
+    ) -> None:
         self.engine = engine
         self.config = config
         self.cache = cache
+        self.guard = guard or PlatformGuard("slack", service="Slack Web API", variable="SLACK_API_BASE_URL")
+        """Timeout, retries and circuit breaker of every Web API call; the ``slack`` health line."""
+        self.guard.mode = "socket mode" if config.socket_mode else "events API"
         self.bot_user_id: str | None = None
         self.team_id: str | None = None
         self.events_port: int | None = None
@@ -137,7 +173,10 @@ class SlackAdapter:
             return
         self._session = aiohttp.ClientSession()
         client = AsyncWebClient(
-            token=self.config.bot_token, base_url=self.config.api_base_url, session=self._session
+            token=self.config.bot_token,
+            base_url=self.config.api_base_url,
+            session=self._session,
+            timeout=max(1, math.ceil(self.guard.timeout_s)),
         )
         client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=1))
         self._client = client
@@ -215,6 +254,10 @@ class SlackAdapter:
         socket = AsyncSocketModeHandler(bolt, app_token=app_token, web_client=self.client)
         socket.client.wss_uri = str(opened["url"])
         self._socket = socket
+        client = socket.client
+        self.guard.connection_check = lambda: (
+            not client.closed and not (client.current_session is None or client.current_session.closed)
+        )
         try:
             await asyncio.wait_for(socket.connect_async(), CONNECT_TIMEOUT_S)
         except TimeoutError as exc:
@@ -240,6 +283,7 @@ class SlackAdapter:
             ) from exc
         self._runner = runner
         self.events_port = int(runner.addresses[0][1])
+        self.guard.connection_changed(True)
         logger.info("Slack Events API listening on %s:%d%s", host, self.events_port, self.config.events_path)
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -250,7 +294,18 @@ class SlackAdapter:
         bolt = self._bolt
         if bolt is None:
             return web.Response(status=503, text="shutting down")
-        response = await bolt.async_dispatch(await to_bolt_request(request))
+        try:
+            bolt_request = await to_bolt_request(request)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
+            # bolt reads the body's fields before it checks the signature: a malformed body
+            # (a field of the wrong type) is refused here rather than ending as a 500.
+            logger.warning("refused a malformed Slack request from %s: %r", request.remote, exc)
+            return web.json_response({"error": "malformed request"}, status=400)
+        body = bolt_request.body
+        if not isinstance(body, dict) or not isinstance(body.get("event", {}), dict):
+            logger.warning("refused a Slack request with a malformed body or event (%s)", request.remote)
+            return web.json_response({"error": "malformed request"}, status=400)
+        response = await bolt.async_dispatch(bolt_request)
         if response.status == 401:
             logger.warning("rejected a Slack request with a bad or stale signature from %s", request.remote)
         return await to_aiohttp_response(response)
@@ -270,8 +325,11 @@ class SlackAdapter:
         logger.error("Slack event %s failed: %r", body.get("event_id"), error, exc_info=error)
 
     async def _answer(self, body: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-        user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
-        if not user or not channel or not ts or user == self.bot_user_id:
+        if not is_well_formed(event):
+            logger.warning("ignoring a malformed Slack event %s", body.get("event_id"))
+            return
+        user, channel, ts = event["user"], event["channel"], event["ts"]
+        if user == self.bot_user_id:
             return
         if not await self._first_delivery(body, event):
             logger.info("Slack event %s was already handled; ignoring the retry", body.get("event_id"))
@@ -284,12 +342,21 @@ class SlackAdapter:
         )
         name = await self._user_name(team, str(user))
         message = to_universal(event, content=content, user_name=name, team_id=team)
-        sink = SlackSink(self.client, str(channel), reply_thread(event))
+        sink = SlackSink(self.client, str(channel), reply_thread(event), self.guard)
         renderer = StreamRenderer(sink, split=split_for_slack, edit_interval_s=self.config.edit_interval_s)
         try:
             await renderer.render(self.engine.handle(message))
         except WhisperEngineError as exc:
-            logger.error("could not answer Slack message %s in %s: %s", ts, channel, exc)
+            if isinstance(exc, BackendUnavailable) and exc.service == self.guard.service:
+                logger.error(
+                    "Slack is unreachable: message %s in %s was not answered; the user's message is "
+                    "stored (%s)",
+                    ts,
+                    channel,
+                    exc,
+                )
+            else:
+                logger.error("could not answer Slack message %s in %s: %s", ts, channel, exc)
             if not renderer.handles:
                 try:
                     await sink.post(SOMETHING_WRONG)
@@ -319,7 +386,7 @@ class SlackAdapter:
         if cached:
             return cached
         try:
-            response = await slack_call(lambda: self.client.users_info(user=user_id))
+            response = await slack_call(lambda: self.client.users_info(user=user_id), self.guard)
         except WhisperEngineError as exc:
             logger.warning("could not look up Slack user %s: %s", user_id, exc)
             return user_id

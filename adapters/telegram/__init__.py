@@ -29,14 +29,24 @@ async def start_telegram(
     """Start the Telegram adapter when a token is configured; None otherwise."""
     if app.settings.telegram_token is None:
         return None
+    from adapters.guard import platform_guard
+
     from .adapter import TelegramAdapter
     from .config import TelegramConfig
 
     adapter = TelegramAdapter(
-        app.engine, TelegramConfig.from_settings(app.settings), stt=stt, tts=tts, voice_encoder=voice_encoder
+        app.engine,
+        TelegramConfig.from_settings(app.settings),
+        stt=stt,
+        tts=tts,
+        voice_encoder=voice_encoder,
+        guard=platform_guard(
+            "telegram", app.settings, service="Telegram Bot API", variable="TELEGRAM_API_BASE_URL"
+        ),
     )
     await adapter.start()
     stack.push_async_callback(adapter.aclose)
+    app.reporters["telegram"] = adapter.guard.health
     return adapter
 
 

@@ -12,7 +12,9 @@ What it does
       reply; without the ports it says so in text.
     * Commands: ``/start``, ``/help``, ``/persona`` (show, list, set NAME, reset — changes
       only by group admins or in private chats), ``/forget_me`` (asks for confirmation
-      with buttons that only the asking user can press).
+      with buttons that only the asking user can press), ``/link`` and ``/link CODE`` (link the
+      user's accounts on several platforms into one identity; private chats only),
+      ``/checkin HH:MM ZONE`` | ``off`` | (none: show) — daily check-ins in the private chat.
     * Updates come by long polling, or, when a webhook URL is configured, on an aiohttp
       route that checks ``X-Telegram-Bot-Api-Secret-Token`` (wrong or missing: 403 and
       nothing is processed).
@@ -54,18 +56,23 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
+from adapters.guard import PlatformGuard
 from adapters.streaming import StreamRenderer
 from adapters.textsplit import split_text, utf16_len
+from engine.checkins import CheckinScheduler
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
 from engine.events import AIResponse, Attachment, UniversalMessage
+from engine.identity import link_instructions, linked_message
 from engine.persona import channel_scope
 from engine.pipeline import Engine
-from engine.ports import SpeechAudio, SpeechToText, TextToSpeech
+from engine.ports import DirectMessageSent, SpeechAudio, SpeechToText, TextToSpeech
 
 from .config import TelegramConfig
 from .translate import PLATFORM, is_addressed, is_private, strip_mention, thread_id, to_universal
+from .transport import GuardedRequest, WatchedRequest
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +109,9 @@ HELP = (
     "/persona set NAME — change it for this chat (group admins only);\n"
     "/persona reset — back to the default\n"
     "/forget_me — erase everything I know about you\n"
+    "/link — talk to me on another platform too: link your accounts so I know it's you\n"
+    "/checkin 08:00 Europe/Berlin — I write to you first each day at that time; "
+    "/checkin — show it; /checkin off — stop\n"
     "/help — this message"
 )
 SOMETHING_WRONG = "Sorry, something went wrong on my side. Please try again in a moment."
@@ -110,6 +120,10 @@ VOICE_NOT_SET_UP = (
 )
 VOICE_TTS_NOT_SET_UP = "(Voice replies aren't set up on this bot, so here is my answer in text.)"
 VOICE_TOO_BIG = "That voice message is too long for me to download. Could you send a shorter one?"
+VOICE_TOO_LONG = (
+    "That voice message is {seconds:g} seconds long; I can listen to at most {limit:g} seconds. "
+    "Could you send a shorter one?"
+)
 VOICE_DOWNLOAD_FAILED = "I couldn't download that voice message from Telegram. Please try again."
 VOICE_UNREADABLE = (
     "I couldn't listen to that voice message: the audio seems damaged or is in a format I can't read. "
@@ -118,10 +132,22 @@ VOICE_UNREADABLE = (
 VOICE_STT_DOWN = "Speech recognition isn't available right now. Please type your message instead."
 VOICE_EMPTY = "I couldn't hear any words in that voice message."
 FORGET_QUESTION = (
-    "This erases everything I know about you on Telegram: our messages, your memories and "
-    "your profile. It cannot be undone. Are you sure?"
+    "This erases everything I know about you on Telegram (and on any account you linked with /link): "
+    "our messages, your memories and your profile. It cannot be undone. Are you sure?"
+)
+LINK_PRIVATE_ONLY = "For your privacy, send /link to me in a private chat."
+LINK_CODE_VOIDED = (
+    "For your privacy, link codes only work in a private chat with me. That code was visible here, "
+    "so it no longer works: send /link on your other account for a new one, then send it to me privately."
 )
 FORGET_DONE = "Done. I've forgotten everything about you ({count} records erased)."
+CHECKINS_OFF = "Check-ins aren't enabled on this bot."
+CHECKIN_NONE = "You have no check-ins. /checkin 08:00 Europe/Berlin makes me write to you each day at 08:00."
+CHECKIN_USAGE = (
+    "Usage: /checkin HH:MM TIME_ZONE (e.g. /checkin 08:00 Europe/Berlin), /checkin off, or /checkin "
+    "to see yours."
+)
+CHECKIN_START_PRIVATE = "I'll write in our private chat: open it and press Start if you haven't yet."
 FORGET_CANCELLED = "Okay, I kept everything."
 NOT_YOUR_BUTTON = "Only the person who asked can answer this."
 ADMINS_ONLY = "Only group admins can change my persona here."
@@ -243,9 +269,15 @@ class TelegramAdapter:
         stt: SpeechToText | None = None,
         tts: TextToSpeech | None = None,
         voice_encoder: VoiceEncoder | None = None,
+        guard: PlatformGuard | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
+        self.guard = guard or PlatformGuard(
+            "telegram", service="Telegram Bot API", variable="TELEGRAM_API_BASE_URL"
+        )
+        """Timeout, retries and circuit breaker of every Bot API call; the ``telegram`` health line."""
+        self.guard.mode = self.mode
         self.stt = stt
         self.tts = tts
         self.voice_encoder = voice_encoder
@@ -254,6 +286,8 @@ class TelegramAdapter:
         self.webhook_port: int | None = None
         """The port the webhook route listens on (known after ``start()``), None when polling."""
         self._me: User | None = None
+        self.checkins: CheckinScheduler | None = None
+        """The check-in scheduler (``/checkin``), when check-ins are on."""
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -280,23 +314,39 @@ class TelegramAdapter:
             .base_url(self.config.api_base_url)
             .base_file_url(self.config.file_base_url)
             .concurrent_updates(True)
-            .connection_pool_size(64)
-            .pool_timeout(10.0)
-            .get_updates_read_timeout(self.config.poll_timeout_s + 10.0)
+            .request(GuardedRequest(self._http(connection_pool_size=64, pool_timeout=10.0), self.guard))
         )
         if self.config.webhook_url:
             builder = builder.updater(None)
+        else:
+            polling = self._http(connection_pool_size=1, read_timeout=self.config.poll_timeout_s + 10.0)
+            builder = builder.get_updates_request(WatchedRequest(polling, self.guard))
         application = builder.build()
         application.add_handler(CommandHandler("start", self._on_start))
         application.add_handler(CommandHandler("help", self._on_help))
         application.add_handler(CommandHandler("persona", self._on_persona))
         application.add_handler(CommandHandler("forget_me", self._on_forget_me))
+        application.add_handler(CommandHandler("link", self._on_link))
+        application.add_handler(CommandHandler("checkin", self._on_checkin))
         application.add_handler(CallbackQueryHandler(self._on_forget_button, pattern=rf"^{FORGET_PREFIX}:"))
         new_messages = filters.UpdateType.MESSAGE
         application.add_handler(MessageHandler(new_messages & filters.VOICE, self._on_voice))
         application.add_handler(MessageHandler(new_messages & filters.TEXT & ~filters.COMMAND, self._on_text))
         application.add_error_handler(self._on_error)
         return application
+
+    def _http(
+        self, *, connection_pool_size: int, pool_timeout: float = 1.0, read_timeout: float = 5.0
+    ) -> HTTPXRequest:
+        timeout = self.guard.timeout_s
+        return HTTPXRequest(
+            connection_pool_size=connection_pool_size,
+            pool_timeout=pool_timeout,
+            read_timeout=max(read_timeout, timeout),
+            write_timeout=timeout,
+            connect_timeout=min(5.0, timeout),
+            media_write_timeout=max(20.0, timeout),
+        )
 
     async def start(self) -> None:
         if self._application is not None:
@@ -317,6 +367,7 @@ class TelegramAdapter:
             await application.start()
             if self.config.webhook_url:
                 await self._start_webhook()
+                self.guard.connection_changed(True)
             else:
                 assert application.updater is not None
                 await application.updater.start_polling(
@@ -325,6 +376,7 @@ class TelegramAdapter:
                     allowed_updates=ALLOWED_UPDATES,
                     error_callback=self._on_polling_error,
                 )
+                self.guard.connection_changed(True)  # then as each long poll ends
         except BaseException:
             await self.aclose()
             raise
@@ -348,6 +400,8 @@ class TelegramAdapter:
             BotCommand("help", "what I can do"),
             BotCommand("persona", "show, list or change my persona"),
             BotCommand("forget_me", "erase everything I know about you"),
+            BotCommand("link", "link your accounts on other platforms"),
+            BotCommand("checkin", "let me check in on you daily: /checkin 08:00 Europe/Berlin"),
         ]
         try:
             await telegram_call(lambda: self.bot.set_my_commands(commands))
@@ -401,8 +455,10 @@ class TelegramAdapter:
             return web.Response(status=503, text="shutting down")
         try:
             data = await request.json()
+            if not isinstance(data, dict):
+                raise TypeError(f"an update is a JSON object, not {type(data).__name__}")
             update = Update.de_json(data, application.bot)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             logger.warning("malformed Telegram webhook update: %s", exc)
             return web.Response(status=400, text="malformed update")
         await application.update_queue.put(update)
@@ -434,7 +490,16 @@ class TelegramAdapter:
         try:
             await renderer.render(self.engine.handle(universal))
         except WhisperEngineError as exc:
-            logger.error("could not answer Telegram message %s: %s", universal.message_id, exc)
+            if isinstance(exc, BackendUnavailable) and exc.service == self.guard.service:
+                logger.error(
+                    "Telegram is unreachable: message %s in chat %s was not answered; the user's "
+                    "message is stored (%s)",
+                    universal.message_id,
+                    message.chat_id,
+                    exc,
+                )
+            else:
+                logger.error("could not answer Telegram message %s: %s", universal.message_id, exc)
             if not renderer.handles:
                 await self._say(message, SOMETHING_WRONG, quiet=True)
         finally:
@@ -471,8 +536,13 @@ class TelegramAdapter:
             await self._say(message, VOICE_NOT_SET_UP, quiet=True)
             return
         voice = message.voice
-        if voice.file_size and voice.file_size > MAX_VOICE_BYTES:
+        if voice.file_size and voice.file_size > min(MAX_VOICE_BYTES, self.config.voice_max_bytes):
             await self._say(message, VOICE_TOO_BIG, quiet=True)
+            return
+        seconds = voice.to_dict().get("duration")  # seconds, without PTB's int/timedelta switch
+        if isinstance(seconds, int | float) and seconds > self.config.voice_max_seconds:
+            too_long = VOICE_TOO_LONG.format(seconds=seconds, limit=self.config.voice_max_seconds)
+            await self._say(message, too_long, quiet=True)
             return
         action = ChatAction.RECORD_VOICE if self.tts is not None else ChatAction.TYPING
         indicator = ChatActionLoop(self.bot, message.chat_id, thread_id(message), action)
@@ -680,6 +750,90 @@ class TelegramAdapter:
             )
         except WhisperEngineError as exc:
             logger.warning("could not ask %s to confirm /forget_me: %s", user_id, exc)
+
+    async def _on_link(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/link``: a one-time code for the user's other account; ``/link CODE``: redeem one.
+        Codes are secrets, so both work in private chats only."""
+        message = update.message
+        if message is None or message.from_user is None:
+            return
+        code = "".join(context.args or [])
+        if not is_private(message):
+            voided = bool(code) and self.engine.identity is not None and await self._void_code(code)
+            await self._say(message, LINK_CODE_VOIDED if voided else LINK_PRIVATE_ONLY, quiet=True)
+            return
+        user_key = f"{PLATFORM}:{message.from_user.id}"
+        try:
+            if not code:
+                text = link_instructions(await self.engine.start_link(user_key))
+            else:
+                text = linked_message(await self.engine.link_accounts(user_key, code), user_key)
+        except InputError as exc:  # a refused code, or linking not available: the reason
+            text = str(exc)
+        except WhisperEngineError as exc:
+            logger.error("/link failed for %s: %s", user_key, exc)
+            text = SOMETHING_WRONG
+        await self._say(message, text, quiet=True)
+
+    async def _void_code(self, code: str) -> bool:
+        assert self.engine.identity is not None
+        try:
+            return await self.engine.identity.void_code(code)
+        except WhisperEngineError as exc:
+            logger.warning("could not void a link code shown in a group: %s", exc)
+            return False
+
+    async def _on_checkin(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/checkin HH:MM ZONE``: daily check-ins in the private chat; ``/checkin off``: stop;
+        ``/checkin``: show."""
+        message = update.message
+        if message is None or message.from_user is None:
+            return
+        user = message.from_user
+        args = list(context.args or [])
+        try:
+            text = await self._checkin(f"{PLATFORM}:{user.id}", str(user.id), user.full_name, args)
+        except InputError as exc:
+            text = str(exc)
+        except WhisperEngineError as exc:
+            logger.error("/checkin failed for %s: %s", user.id, exc)
+            text = SOMETHING_WRONG
+        if args and args[0].lower() != "off" and not is_private(message) and text.startswith("Done"):
+            text += f" {CHECKIN_START_PRIVATE}"
+        await self._say(message, text, quiet=True)
+
+    async def _checkin(self, account: str, user_id: str, name: str, args: list[str]) -> str:
+        scheduler = self.checkins
+        if scheduler is None:
+            return CHECKINS_OFF
+        user_key = await self.engine.resolve_user_key(account)
+        if not args:
+            schedule = await scheduler.schedule_of(user_key)
+            return scheduler.describe(schedule) if schedule is not None else CHECKIN_NONE
+        if args[0].lower() == "off":
+            stopped = await scheduler.turn_off(user_key)
+            return "Check-ins are off: I won't write first." if stopped else CHECKIN_NONE
+        if len(args) != 2:
+            raise InputError(CHECKIN_USAGE)
+        schedule = await scheduler.set_schedule(
+            user_key, platform=PLATFORM, user_id=user_id, user_name=name, at=args[0], timezone=args[1]
+        )
+        return f"Done. {scheduler.describe(schedule)} /checkin off stops them."
+
+    # --- writing first (check-ins) ------------------------------------------------------
+
+    async def direct_channel(self, user_id: str) -> str:
+        """A user's private chat with the bot has the user's own id."""
+        return user_id
+
+    async def send_direct(self, user_id: str, text: str) -> DirectMessageSent:
+        """Send ``text`` to the user's private chat; InputError when they never opened it or
+        blocked the bot."""
+        sink = TelegramSink(self.bot, int(user_id), thread=None, quote=None)
+        sent = [await sink.post(part) for part in split_for_telegram(text) if part.strip()]
+        if not sent:
+            raise InputError("nothing to send")
+        return DirectMessageSent(channel_id=str(sent[0].chat_id), message_id=str(sent[0].message_id))
 
     async def _on_forget_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query

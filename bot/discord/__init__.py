@@ -29,6 +29,8 @@ async def start_discord(
     """Start the Discord adapter when a token is configured; None otherwise."""
     if app.settings.discord_token is None:
         return None
+    from adapters.guard import platform_guard
+
     from .client import DiscordAdapter
     from .config import DiscordConfig
 
@@ -41,9 +43,11 @@ async def start_discord(
         choices=app.choices,
         stt=stt,
         tts=tts,
+        guard=platform_guard("discord", app.settings, service="Discord API", variable="DISCORD_API_BASE_URL"),
     )
     await adapter.start()
     stack.push_async_callback(adapter.aclose)
+    app.reporters["discord"] = adapter.guard.health
     return adapter
 
 

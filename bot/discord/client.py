@@ -48,14 +48,23 @@ import aiohttp
 import discord
 import yarl
 
+from adapters.guard import PlatformGuard
+from adapters.textsplit import split_message
+from engine.checkins import CheckinScheduler
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
 from engine.events import AIResponse, Attachment, ReplyKind, UniversalMessage
 from engine.health import ComponentHealth, overall
 from engine.pipeline import APOLOGY, Engine
-from engine.ports import ConversationStore, SpeechToText, TextToSpeech, VectorMemory
+from engine.ports import (
+    ConversationStore,
+    DirectMessageSent,
+    SpeechToText,
+    TextToSpeech,
+    VectorMemory,
+)
 
 from .commands import WhisperCommandTree
-from .config import DiscordConfig
+from .config import DISCORD_LIMIT, DiscordConfig
 from .render import ReplyRenderer, Typing
 from .settings import ChannelMode, DiscordSettings, GuildRateLimit, ThreadMode
 from .translate import (
@@ -82,6 +91,13 @@ TOO_LONG = "That message is too long for me to read in one go ({length} characte
 THREAD_NAME_CHARS = 60
 REMEMBERED_REPLIES = 5000
 ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+TRANSIENT_ERRORS = (discord.DiscordServerError, aiohttp.ClientError, OSError)
+"""Failures of a Discord API call worth retrying (after discord.py's own retries of 500/502/504
+and of 429s it can wait out); together they are what opens Discord's circuit."""
+PLATFORM_ERRORS = (BackendUnavailable, *TRANSIENT_ERRORS)
+GUARDED_ROUTES = ("/channels/", "/users/@me/channels")
+"""Sending, editing, typing, threads and DMs go through the guard; log-in, the gateway's URL and
+the slash-command sync do not (discord.py's reconnect loop handles those itself)."""
 
 
 def _point_discord_py_at(config: DiscordConfig) -> None:
@@ -104,6 +120,15 @@ class _Hooks:
 
     async def on_message(self, message: discord.Message) -> None:
         self.adapter.dispatch(message)
+
+    async def on_connect(self) -> None:
+        self.adapter.guard.connection_changed(True)
+
+    async def on_resumed(self) -> None:
+        self.adapter.guard.connection_changed(True)
+
+    async def on_disconnect(self) -> None:
+        self.adapter.guard.connection_changed(False, "the gateway connection was lost; reconnecting")
 
 
 class _Client(_Hooks, discord.Client):
@@ -152,9 +177,13 @@ class DiscordAdapter:
         choices: Mapping[str, str] | None = None,
         stt: SpeechToText | None = None,
         tts: TextToSpeech | None = None,
+        guard: PlatformGuard | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
+        self.guard = guard or PlatformGuard("discord", service="Discord API", variable="DISCORD_API_BASE_URL")
+        """Timeout, retries and circuit breaker of every message sent; the ``discord`` health line."""
+        self.guard.mode = "gateway"
         self.store = store
         self.vectors = vectors
         self.stt = stt
@@ -173,6 +202,8 @@ class DiscordAdapter:
         self.synced_commands = 0
         self.answered = 0
         self.spoken = 0
+        self.checkins: CheckinScheduler | None = None
+        """The check-in scheduler (``/checkin``), when check-ins are on."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -199,8 +230,30 @@ class DiscordAdapter:
             options["shard_count"] = self.config.shard_count
             if self.config.shard_ids:
                 options["shard_ids"] = list(self.config.shard_ids)
-            return _ShardedClient(self, **options)
-        return _Client(self, **options)
+            client: discord.Client = _ShardedClient(self, **options)
+        else:
+            client = _Client(self, **options)
+        self._guard_requests(client)
+        return client
+
+    def _guard_requests(self, client: discord.Client) -> None:
+        """Send every request on :data:`GUARDED_ROUTES` through :attr:`guard`."""
+        http = client.http
+        request = http.request
+        guard = self.guard
+
+        async def guarded(route: discord.http.Route, **kwargs: Any) -> Any:
+            if not route.path.startswith(GUARDED_ROUTES):
+                return await request(route, **kwargs)
+
+            async def attempt() -> Any:
+                for file in kwargs.get("files") or ():
+                    file.reset(seek=True)  # a retry uploads the file from its start again
+                return await request(route, **kwargs)
+
+            return await guard.call(attempt, transient=TRANSIENT_ERRORS)
+
+        http.request = guarded  # type: ignore[method-assign]
 
     async def start(self) -> None:
         _point_discord_py_at(self.config)
@@ -214,6 +267,7 @@ class DiscordAdapter:
         except (aiohttp.ClientError, OSError, discord.HTTPException) as exc:
             await self._client.close()
             raise BackendUnavailable("Discord", str(exc), variable="DISCORD_API_BASE_URL") from exc
+        self.guard.connection_changed(False, "connecting")
         self._connection = asyncio.create_task(self._run(), name="discord-gateway")
 
     async def _run(self) -> None:
@@ -225,10 +279,12 @@ class DiscordAdapter:
                 "Discord refused the Message Content intent: enable it for this bot in the "
                 "developer portal (Bot → Privileged Gateway Intents)"
             )
+            self.guard.connection_changed(False, "the Message Content intent is not enabled")
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             logger.exception("the Discord gateway connection stopped")
+            self.guard.connection_changed(False, f"the gateway connection stopped: {exc!r}")
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout_s)
@@ -280,6 +336,7 @@ class DiscordAdapter:
             user.id if user else "?",
             len(self.client.guilds),
         )
+        self.guard.connection_changed(True)
         self._ready.set()
 
     # --- incoming messages ----------------------------------------------------------------
@@ -306,10 +363,20 @@ class DiscordAdapter:
             raise
         except discord.Forbidden as exc:
             logger.warning("not allowed to answer in channel %s: %s", message.channel.id, exc)
+        except PLATFORM_ERRORS as exc:
+            logger.error(
+                "Discord is unreachable: message %s in channel %s was not answered%s; the user's message "
+                "%s (%s)",
+                message.id,
+                message.channel.id,
+                " in full" if progress.posted else "",
+                "is stored" if progress.renderer is not None else "was not stored",
+                exc,
+            )
         except Exception:
             logger.exception("failed to answer Discord message %s", message.id)
             if not progress.posted:
-                with contextlib.suppress(discord.HTTPException):
+                with contextlib.suppress(discord.HTTPException, *PLATFORM_ERRORS):
                     await message.channel.send(APOLOGY)
 
     async def _should_answer(self, message: discord.Message) -> bool:
@@ -547,6 +614,43 @@ class DiscordAdapter:
             sent = await message.channel.send(text)
         progress.notice = sent
         self._remember_ours([sent])
+
+    # --- writing first (check-ins) -----------------------------------------------------------
+
+    async def _dm(self, user_id: str) -> discord.DMChannel:
+        try:
+            return await self.client.create_dm(discord.Object(id=int(user_id)))
+        except ValueError as exc:
+            raise InputError(f"not a Discord user id: {user_id!r}") from exc
+        except discord.HTTPException as exc:
+            raise InputError(f"Discord would not open a DM with user {user_id}: {exc}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable("Discord", str(exc), variable="DISCORD_API_BASE_URL") from exc
+
+    async def direct_channel(self, user_id: str) -> str:
+        """The id of the DM channel with the user (opened, and cached by discord.py, if need be)."""
+        return str((await self._dm(user_id)).id)
+
+    async def send_direct(self, user_id: str, text: str) -> DirectMessageSent:
+        """Send ``text`` to the user's DMs, split at Discord's 2000 characters."""
+        channel = await self._dm(user_id)
+        sent: list[discord.Message] = []
+        try:
+            for part in split_message(text, DISCORD_LIMIT):
+                sent.append(await channel.send(part))
+        except discord.Forbidden as exc:
+            raise InputError(f"user {user_id} does not accept DMs from the bot: {exc}") from exc
+        except discord.DiscordServerError as exc:
+            raise BackendUnavailable("Discord", str(exc), variable="DISCORD_API_BASE_URL") from exc
+        except discord.HTTPException as exc:
+            raise InputError(f"Discord refused a DM to user {user_id}: {exc}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable("Discord", str(exc), variable="DISCORD_API_BASE_URL") from exc
+        finally:
+            self._remember_ours(sent)
+        if not sent:
+            raise InputError("nothing to send")
+        return DirectMessageSent(channel_id=str(channel.id), message_id=str(sent[0].id))
 
     # --- status -----------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
     /persona set|show|list     the channel's (or server's) persona; set is for admins
     /memory show|forget|export a user's own memories; forget asks for confirmation
     /privacy forget-me         erase everything held about the user (asks for confirmation)
+    /link [code]               link the user's accounts on several platforms into one identity
     /channel mode              mention-only | always | off for this channel (admins)
     /status                    backends, LLM, latency, queue depth, degraded services
+    /checkin set|off|show      the bot DMs the user first each day at a local time they chose
     /config show|thread-mode|rate-limit   per-server settings (admins)
 
 Admin commands need Manage Server or the configured admin role. Everything that shows
@@ -23,8 +25,10 @@ from discord import app_commands
 
 from engine.errors import ConfigError, InputError, WhisperEngineError
 from engine.events import UniversalMessage
+from engine.identity import link_instructions, linked_message
 from engine.persona import channel_scope, guild_scope
 
+from .checkin_commands import CheckinCommands
 from .config import DISCORD_LIMIT
 from .data import export_json, export_user_data, forget_memories
 from .permissions import NotAdmin, is_admin
@@ -48,6 +52,11 @@ def _adapter(interaction: discord.Interaction) -> DiscordAdapter:
 
 def _user_key(interaction: discord.Interaction) -> str:
     return f"{PLATFORM}:{interaction.user.id}"
+
+
+async def _identity(interaction: discord.Interaction) -> str:
+    """The user's identity: the same for every account they linked with ``/link``."""
+    return await _adapter(interaction).engine.resolve_user_key(_user_key(interaction))
 
 
 def _conversation_channel_id(interaction: discord.Interaction) -> int:
@@ -193,7 +202,7 @@ class MemoryCommands(app_commands.Group):
     async def show_memories(self, interaction: discord.Interaction) -> None:
         adapter = _adapter(interaction)
         store = adapter.store
-        user_key = _user_key(interaction)
+        user_key = await _identity(interaction)
         total = await store.count_memories(user_key)
         about = await _about_us(adapter, user_key)
         if total == 0:
@@ -227,7 +236,7 @@ class MemoryCommands(app_commands.Group):
         self, interaction: discord.Interaction, memory_id: str | None = None, confirm: bool = False
     ) -> None:
         adapter = _adapter(interaction)
-        user_key = _user_key(interaction)
+        user_key = await _identity(interaction)
         ids: list[str] | None = None
         if memory_id is not None:
             prefix = memory_id.strip().strip("`")
@@ -260,7 +269,7 @@ class MemoryCommands(app_commands.Group):
     async def export(self, interaction: discord.Interaction) -> None:
         adapter = _adapter(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        data = await export_user_data(adapter.engine, adapter.store, _user_key(interaction))
+        data = await export_user_data(adapter.engine, adapter.store, await _identity(interaction))
         payload = export_json(data)
         if len(payload) > interaction.filesize_limit:
             await interaction.followup.send(
@@ -419,6 +428,20 @@ class ConfigCommands(app_commands.Group):
         await interaction.response.send_message(text, ephemeral=True)
 
 
+@app_commands.command(name="link", description="Link your accounts on other platforms (only you see it)")
+@app_commands.describe(code="the code /link gave you on your other account; leave empty to get a code")
+async def link(interaction: discord.Interaction, code: str | None = None) -> None:
+    engine = _adapter(interaction).engine
+    user_key = _user_key(interaction)
+    if code is None:
+        issued = await engine.start_link(user_key)
+        await interaction.response.send_message(link_instructions(issued, emphasis="**"), ephemeral=True)
+        return
+    await interaction.response.defer(ephemeral=True, thinking=True)  # moving data takes a moment
+    result = await engine.link_accounts(user_key, code)
+    await interaction.followup.send(linked_message(result, user_key), ephemeral=True)
+
+
 @app_commands.command(name="status", description="Health of the bot: backends, LLM, latency, queues")
 async def status(interaction: discord.Interaction) -> None:
     adapter = _adapter(interaction)
@@ -443,6 +466,8 @@ class WhisperCommandTree(app_commands.CommandTree):
         ):
             self.add_command(group)
         self.add_command(status)
+        self.add_command(CheckinCommands())
+        self.add_command(link)
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error

@@ -37,6 +37,7 @@ async def export_user_data(engine: Engine, store: ConversationStore, user_key: s
     return {
         "exported_at": datetime.now(UTC).isoformat(),
         "user_key": user_key,
+        "linked_accounts": (await engine.linked_accounts(user_key))[1:],
         "profile": None
         if profile is None
         else {

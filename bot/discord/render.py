@@ -21,9 +21,11 @@ import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import discord
 
 from adapters.textsplit import split_message
+from engine.errors import WhisperEngineError
 
 from .config import DISCORD_LIMIT
 
@@ -55,7 +57,7 @@ class Typing:
         while True:
             try:
                 await self._channel.typing()
-            except discord.HTTPException as exc:
+            except (discord.HTTPException, aiohttp.ClientError, OSError, WhisperEngineError) as exc:
                 logger.debug("typing indicator failed: %s", exc)
                 return
             await asyncio.sleep(TYPING_REPEAT_S)

@@ -107,6 +107,7 @@ memories = sa.Table(
     sa.Column("use_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("superseded_by", sa.Text, nullable=True),  # 0003: the newer memory that replaced it
     sa.Column("mentions", sa.Integer, nullable=False, server_default="1"),  # 0003: times said
+    sa.Column("search_context", sa.Text, nullable=False, server_default=""),  # 0005: keyword-only words
     sa.Index("ix_memories_user_key_created_at", "user_key", "created_at", "seq"),
 )
 
@@ -117,6 +118,18 @@ settings = sa.Table(
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("value", sa.JSON, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# 0004: vector-store writes waiting for the vector store to come back, replayed in id order.
+vector_outbox = sa.Table(
+    "vector_outbox",
+    metadata,
+    sa.Column("id", RowSeq, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("op", sa.Text, nullable=False),  # add | delete | drop_scope
+    sa.Column("payload", sa.JSON, nullable=False),  # ids, texts, embeddings, metadatas
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_vector_outbox_scope", "scope"),
 )
 
 # Keyword search over ``memories.text`` (migration 0002) lives outside this metadata because it
@@ -160,4 +173,5 @@ __all__ = [
     "metadata",
     "settings",
     "users",
+    "vector_outbox",
 ]

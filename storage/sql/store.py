@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -38,9 +38,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from engine.errors import BackendUnavailable, ConfigError, StorageError
-from engine.memory_care import MemoryState
-from engine.ports import JSONValue, MemoryRecord, StoredMessage, UserProfile
-from storage.sql.schema import memories, messages, settings, users
+from engine.ports import (
+    ConversationSpan,
+    JSONValue,
+    MemoryRecord,
+    MemoryState,
+    MergedUser,
+    StoredMessage,
+    UserProfile,
+)
+from storage.sql.schema import memories, messages, settings, users, vector_outbox
+from storage.vector.outbox import OutboxEntry, OutboxOp
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +144,7 @@ def _memory(row: sa.Row[Any]) -> MemoryRecord:
         platform=m["platform"],
         channel_id=m["channel_id"],
         source_message_ids=tuple(m["source_message_ids"] or ()),
+        search_context=m["search_context"],
     )
 
 
@@ -175,6 +184,23 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     text = str(inner).strip() or type(inner).__name__
     return text.splitlines()[0]
+
+
+# SQLite primary result codes that say "not now", not "wrong statement": busy, locked, I/O
+# error, disk full, cannot open. PostgreSQL SQLSTATEs: connection exceptions (08), insufficient
+# resources such as a full disk (53), and shutdown/start-up (57P01-57P03).
+_SQLITE_CANNOT_SERVE = frozenset({5, 6, 10, 13, 14})
+_PG_CANNOT_SERVE = ("08", "53", "57P01", "57P02", "57P03")
+
+
+def _cannot_serve(exc: sa_exc.DBAPIError) -> bool:
+    """The database cannot serve right now (a write may succeed later): BackendUnavailable."""
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _SQLITE_CANNOT_SERVE
+    state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_PG_CANNOT_SERVE)
 
 
 # --- statements, built once per dialect --------------------------------------------------
@@ -269,18 +295,113 @@ _STALE = (
     .order_by(memories.c.id)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
+_CREATED_BEFORE = sa.bindparam("before", type_=messages.c.created_at.type)
+_SPANS = (
+    sa.select(messages.c.user_key, messages.c.conversation_key, sa.func.max(messages.c.created_at))
+    .where(
+        messages.c.created_at < _CREATED_BEFORE,
+        sa.or_(
+            messages.c.user_key > sa.bindparam("after_user"),
+            sa.and_(
+                messages.c.user_key == sa.bindparam("after_user"),
+                messages.c.conversation_key > sa.bindparam("after_conversation"),
+            ),
+        ),
+    )
+    .group_by(messages.c.user_key, messages.c.conversation_key)
+    .order_by(messages.c.user_key, messages.c.conversation_key)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_CONVERSATION_MESSAGES = (
+    sa.select(*_MESSAGE_COLS)
+    .where(
+        messages.c.user_key == sa.bindparam("user_key"),
+        messages.c.conversation_key == sa.bindparam("conversation_key"),
+        messages.c.created_at > sa.bindparam("after", type_=messages.c.created_at.type),
+    )
+    .order_by(messages.c.created_at, messages.c.seq)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _GET_SETTING = sa.select(settings.c.value).where(
     settings.c.scope == sa.bindparam("scope"), settings.c.key == sa.bindparam("key")
 )
 _DELETE_SETTING = settings.delete().where(
     settings.c.scope == sa.bindparam("scope"), settings.c.key == sa.bindparam("key")
 )
+# Walks the primary key (scope, key) in scope order: a page reads the rows of its scopes only.
+_SETTINGS_WITH_KEY = (
+    sa.select(settings.c.scope, settings.c.value)
+    .where(settings.c.key == sa.bindparam("key"), settings.c.scope > sa.bindparam("after_scope"))
+    .order_by(settings.c.scope)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+# merge_users: source's rows change owner; target's settings win over source's of the same key.
+_MERGE_MEMORY_IDS = (
+    sa.select(memories.c.id).where(memories.c.user_key == sa.bindparam("source")).order_by(memories.c.seq)
+)
+_MERGE_MESSAGES = (
+    messages.update()
+    .where(messages.c.user_key == sa.bindparam("source"))
+    .values(user_key=sa.bindparam("target"))
+)
+_MERGE_MEMORIES = (
+    memories.update()
+    .where(memories.c.user_key == sa.bindparam("source"))
+    .values(user_key=sa.bindparam("target"))
+)
+_target_settings = settings.alias("target_settings")
+_MERGE_DROP_SHADOWED_SETTINGS = settings.delete().where(
+    settings.c.scope == sa.bindparam("source"),
+    settings.c.key.in_(
+        sa.select(_target_settings.c.key).where(_target_settings.c.scope == sa.bindparam("target"))
+    ),
+)
+_MERGE_SETTINGS = (
+    settings.update().where(settings.c.scope == sa.bindparam("source")).values(scope=sa.bindparam("target"))
+)
+_SOURCE_PROFILE = sa.select(*_USER_COLS).where(users.c.user_key == sa.bindparam("source")).with_for_update()
+_TARGET_EXISTS = (
+    sa.select(users.c.user_key).where(users.c.user_key == sa.bindparam("target")).with_for_update()
+)
+_SOURCE_FIRST = sa.bindparam("first", type_=users.c.first_seen.type)
+_SOURCE_LAST = sa.bindparam("last", type_=users.c.last_seen.type)
+_MERGE_PROFILE = (
+    users.update()
+    .where(users.c.user_key == sa.bindparam("target"))
+    .values(
+        message_count=users.c.message_count + sa.bindparam("count", type_=sa.Integer),
+        first_seen=sa.case((users.c.first_seen > _SOURCE_FIRST, _SOURCE_FIRST), else_=users.c.first_seen),
+        last_seen=sa.case((users.c.last_seen < _SOURCE_LAST, _SOURCE_LAST), else_=users.c.last_seen),
+        preferred_name=sa.func.coalesce(users.c.preferred_name, sa.bindparam("name", type_=sa.Text)),
+    )
+)
+_RENAME_PROFILE = (
+    users.update()
+    .where(users.c.user_key == sa.bindparam("source"))
+    .values(
+        user_key=sa.bindparam("target"),
+        platform=sa.bindparam("new_platform"),
+        user_id=sa.bindparam("new_user_id"),
+    )
+)
+_DROP_SOURCE_PROFILE = users.delete().where(users.c.user_key == sa.bindparam("source"))
+
 _FORGET = (
     messages.delete().where(messages.c.user_key == sa.bindparam("user_key")),
     memories.delete().where(memories.c.user_key == sa.bindparam("user_key")),
     settings.delete().where(settings.c.scope == sa.bindparam("user_key")),
     users.delete().where(users.c.user_key == sa.bindparam("user_key")),
 )
+
+
+_OUTBOX_INSERT = vector_outbox.insert().returning(vector_outbox.c.id)
+_OUTBOX_BATCH = (
+    sa.select(vector_outbox).order_by(vector_outbox.c.id).limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_OUTBOX_DELETE = vector_outbox.delete().where(vector_outbox.c.id.in_(sa.bindparam("ids", expanding=True)))
+_OUTBOX_DELETE_SCOPE = vector_outbox.delete().where(vector_outbox.c.scope == sa.bindparam("scope"))
+_OUTBOX_COUNT = sa.select(sa.func.count()).select_from(vector_outbox)
 
 
 # --- keyword search ----------------------------------------------------------------------
@@ -322,10 +443,10 @@ def tsquery(terms: Sequence[str]) -> str:
 _MEMORY_SELECT = ", ".join(f"m.{c.name}" for c in _MEMORY_COLS)
 _KEYWORD_SEARCH: dict[str, sa.TextClause] = {
     "sqlite": sa.text(
-        f"SELECT {_MEMORY_SELECT}, -bm25(memories_fts) AS score "
+        f"SELECT {_MEMORY_SELECT}, -bm25(memories_fts, 1.0, 0.5) AS score "
         "FROM memories_fts JOIN memories AS m ON m.seq = memories_fts.rowid "
         "WHERE memories_fts MATCH :query AND m.user_key = :user_key AND m.superseded_by IS NULL "
-        "ORDER BY bm25(memories_fts), m.seq DESC LIMIT :k"
+        "ORDER BY bm25(memories_fts, 1.0, 0.5), m.seq DESC LIMIT :k"
     ).columns(*_MEMORY_COLS, sa.column("score", sa.Float)),
     "postgresql": sa.text(
         f"SELECT {_MEMORY_SELECT}, ts_rank_cd(m.text_search, q) AS score "
@@ -369,6 +490,7 @@ class _Upserts:
                 "platform": new.platform,
                 "channel_id": new.channel_id,
                 "source_message_ids": new.source_message_ids,
+                "search_context": new.search_context,
                 "updated_at": new.updated_at,
             },
             where=memories.c.user_key == new.user_key,  # an id never moves to another user
@@ -555,7 +677,7 @@ class SQLConversationStore:
         except (OSError, TimeoutError) as exc:
             raise BackendUnavailable(self._service, self._detail(exc), variable=_VARIABLE) from exc
         except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError) or _cannot_serve(exc):
                 raise BackendUnavailable(self._service, self._detail(exc), variable=_VARIABLE) from exc
             raise StorageError(f"{operation} failed: {_reason(exc)}") from exc
         except sa_exc.SQLAlchemyError as exc:
@@ -643,6 +765,7 @@ class SQLConversationStore:
                     "platform": memory.platform,
                     "channel_id": memory.channel_id,
                     "source_message_ids": list(memory.source_message_ids),
+                    "search_context": memory.search_context,
                     "created_at": memory.created_at,
                     "updated_at": now,
                     "use_count": 0,
@@ -729,7 +852,7 @@ class SQLConversationStore:
         row = (await conn.execute(sa.text(f"SELECT {counts}"), {**params, "cap": cap + 1})).one()
         return [term for term, docs in zip(terms, row, strict=True) if docs <= cap]
 
-    # --- memory care (engine.memory_care.MemoryCareStore) ----------------------------------
+    # --- memory care (engine/memory_care.py, engine/compaction.py) -------------------------
 
     async def reinforce_memory(
         self,
@@ -818,6 +941,48 @@ class SQLConversationStore:
         async with self._connect("stale_memories", single=True) as conn:
             return [_state(row) for row in await conn.execute(_STALE, params)]
 
+    async def conversation_spans(
+        self, *, before: datetime, after: tuple[str, str] | None, limit: int
+    ) -> list[ConversationSpan]:
+        """Each (user_key, conversation_key) with messages older than ``before``, with the newest
+        of them; ordered by that pair, pairs after ``after`` only, at most ``limit``.
+
+        A scan of the messages older than ``before`` (there is no index on time alone); the
+        memory-care job asks once per run.
+        """
+        _require_aware(before, "before")
+        if limit <= 0:
+            return []
+        after_user, after_conversation = after or ("", "")
+        params = {
+            "before": before,
+            "after_user": after_user,
+            "after_conversation": after_conversation,
+            "limit": limit,
+        }
+        async with self._connect("conversation_spans", single=True) as conn:
+            rows = (await conn.execute(_SPANS, params)).all()
+        return [ConversationSpan(user_key, key, newest) for user_key, key, newest in rows]
+
+    async def conversation_messages(
+        self, user_key: str, conversation_key: str, *, after: datetime | None, limit: int
+    ) -> list[StoredMessage]:
+        """The user's messages (and the replies to them) in a conversation created after
+        ``after`` (all without it): the oldest ``limit``, oldest first."""
+        if after is not None:
+            _require_aware(after, "after")
+        if limit <= 0:
+            return []
+        params = {
+            "user_key": user_key,
+            "conversation_key": conversation_key,
+            "after": after or _EPOCH,
+            "limit": limit,
+        }
+        async with self._connect("conversation_messages", single=True) as conn:
+            rows = (await conn.execute(_CONVERSATION_MESSAGES, params)).all()
+        return [StoredMessage(*row) for row in rows]
+
     # --- settings ------------------------------------------------------------------------
 
     async def get_setting(self, scope: str, key: str) -> JSONValue | None:
@@ -834,6 +999,54 @@ class SQLConversationStore:
         async with self._connect("delete_setting", single=True, write=True) as conn:
             await conn.execute(_DELETE_SETTING, {"scope": scope, "key": key})
             await conn.commit()
+
+    async def settings_with_key(
+        self, key: str, *, after_scope: str = "", limit: int = 500
+    ) -> list[tuple[str, JSONValue]]:
+        """One page of ``(scope, value)`` of every scope that has setting ``key``, in scope order."""
+        if limit <= 0:
+            return []
+        params = {"key": key, "after_scope": after_scope, "limit": limit}
+        async with self._connect("settings_with_key", single=True) as conn:
+            return [(row.scope, row.value) for row in await conn.execute(_SETTINGS_WITH_KEY, params)]
+
+    # --- vector outbox (storage.vector.outbox.VectorOutbox) ---------------------------------
+
+    async def enqueue_vector_op(self, scope: str, op: OutboxOp, payload: Mapping[str, Any]) -> int:
+        """Append one vector-store write to the outbox; returns its id (ids grow with each append)."""
+        row = {"scope": scope, "op": op, "payload": dict(payload), "created_at": datetime.now(UTC)}
+        async with self._connect("enqueue_vector_op", single=True, write=True) as conn:
+            new_id = (await conn.execute(_OUTBOX_INSERT, row)).scalar_one()
+            await conn.commit()
+        return int(new_id)
+
+    async def vector_outbox_batch(self, limit: int) -> list[OutboxEntry]:
+        """The oldest ``limit`` queued vector-store writes, oldest first."""
+        if limit <= 0:
+            return []
+        async with self._connect("vector_outbox_batch", single=True) as conn:
+            rows = await conn.execute(_OUTBOX_BATCH, {"limit": limit})
+            return [OutboxEntry(int(r.id), r.scope, r.op, r.payload, r.created_at) for r in rows]
+
+    async def delete_vector_outbox(self, ids: Sequence[int]) -> int:
+        """Remove applied writes from the outbox; returns how many rows went."""
+        if not ids:
+            return 0
+        async with self._connect("delete_vector_outbox", single=True, write=True) as conn:
+            removed = (await conn.execute(_OUTBOX_DELETE, {"ids": list(ids)})).rowcount
+            await conn.commit()
+        return int(removed)
+
+    async def delete_vector_outbox_scope(self, scope: str) -> int:
+        """Remove every queued write of ``scope`` (its vectors are being dropped anyway)."""
+        async with self._connect("delete_vector_outbox_scope", single=True, write=True) as conn:
+            removed = (await conn.execute(_OUTBOX_DELETE_SCOPE, {"scope": scope})).rowcount
+            await conn.commit()
+        return int(removed)
+
+    async def count_vector_outbox(self) -> int:
+        async with self._connect("count_vector_outbox", single=True) as conn:
+            return int((await conn.execute(_OUTBOX_COUNT)).scalar_one())
 
     # --- erasure -------------------------------------------------------------------------
 
@@ -853,6 +1066,60 @@ class SQLConversationStore:
             await conn.commit()
         logger.info("forgot user %s: %d rows removed", user_key, removed)
         return removed
+
+    # --- linking accounts --------------------------------------------------------------
+
+    async def merge_users(self, source: str, target: str) -> MergedUser:
+        """Give everything of user ``source`` to user ``target`` in one transaction.
+
+        Messages and memories change owner (their ids, texts and care fields kept, so the
+        keyword index needs no rewrite); the profiles combine: message counts summed, the
+        earliest first_seen and latest last_seen, target's names (source's preferred name when
+        target has none); without a target profile, source's is renamed (its platform and
+        user_id taken from the target key). Settings scoped to source move to target, except
+        keys target already has. Merging a user with nothing left is a no-op.
+        """
+        if source == target:
+            raise ValueError("cannot merge a user into itself")
+        keys = {"source": source, "target": target}
+        async with self._connect("merge_users", single=False, write=True) as conn:
+            memory_ids = tuple((await conn.execute(_MERGE_MEMORY_IDS, keys)).scalars())
+            moved_messages = (await conn.execute(_MERGE_MESSAGES, keys)).rowcount
+            await conn.execute(_MERGE_MEMORIES, keys)
+            await conn.execute(_MERGE_DROP_SHADOWED_SETTINGS, keys)
+            moved_settings = (await conn.execute(_MERGE_SETTINGS, keys)).rowcount
+            row = (await conn.execute(_SOURCE_PROFILE, keys)).first()
+            if row is not None:
+                profile = UserProfile(*row)
+                if (await conn.execute(_TARGET_EXISTS, keys)).first() is None:
+                    platform, _, user_id = target.partition(":")
+                    await conn.execute(
+                        _RENAME_PROFILE, {**keys, "new_platform": platform, "new_user_id": user_id}
+                    )
+                else:
+                    await conn.execute(
+                        _MERGE_PROFILE,
+                        {
+                            **keys,
+                            "count": profile.message_count,
+                            "first": profile.first_seen,
+                            "last": profile.last_seen,
+                            "name": profile.preferred_name,
+                        },
+                    )
+                    await conn.execute(_DROP_SOURCE_PROFILE, keys)
+            await conn.commit()
+        logger.info(
+            "merged user %s into %s: %d messages, %d memories, %d settings",
+            source,
+            target,
+            moved_messages,
+            len(memory_ids),
+            moved_settings,
+        )
+        return MergedUser(
+            messages=moved_messages, memory_ids=memory_ids, settings=moved_settings, profile=row is not None
+        )
 
 
 __all__ = [

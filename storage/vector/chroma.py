@@ -237,6 +237,23 @@ class ChromaVectorMemory:
     async def count(self, scope: str) -> int:
         return await self._run(self._count_sync, scope)
 
+    # --- whole-store access for backup and migration (storage/portability.py) ------------
+
+    async def list_scopes(self) -> list[str]:
+        """Every scope that has a collection under this prefix, sorted."""
+        return await self._run(self._list_scopes_sync)
+
+    async def scope_ids(self, scope: str) -> list[str]:
+        """Every id stored in the scope, sorted (a stable order to page through)."""
+        return await self._run(self._scope_ids_sync, scope)
+
+    async def get_items(self, scope: str, ids: Sequence[str]) -> list[VectorItem]:
+        """The stored items with these ids, embeddings included, in the order of ``ids``;
+        ids not stored are left out."""
+        if not ids:
+            return []
+        return await self._run(self._get_items_sync, scope, list(dict.fromkeys(ids)))
+
     # --- the worker-thread side --------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -382,6 +399,49 @@ class ChromaVectorMemory:
 
     def _count_sync(self, scope: str) -> int:
         return self._with_collection(scope, False, lambda collection: collection.count(), 0)
+
+    def _list_scopes_sync(self) -> list[str]:
+        scopes = []
+        for collection in self._api().list_collections():
+            scope = (collection.metadata or {}).get(_SCOPE_KEY)
+            if isinstance(scope, str) and collection.name == collection_name(scope, self._prefix):
+                scopes.append(scope)
+        return sorted(scopes)
+
+    def _scope_ids_sync(self, scope: str) -> list[str]:
+        def ids(collection: Collection) -> list[str]:
+            found: list[str] = []
+            while True:
+                page = collection.get(include=[], limit=self._max_batch, offset=len(found))["ids"]
+                found.extend(page)
+                if len(page) < self._max_batch:
+                    return sorted(found)
+
+        return self._with_collection(scope, False, ids, [])
+
+    def _get_items_sync(self, scope: str, ids: list[str]) -> list[VectorItem]:
+        include = cast(Include, ["documents", "metadatas", "embeddings"])
+
+        def fetch(collection: Collection) -> list[VectorItem]:
+            found: dict[str, VectorItem] = {}
+            for start in range(0, len(ids), self._max_batch):
+                result = collection.get(ids=ids[start : start + self._max_batch], include=include)
+                documents = result["documents"] or []
+                metadatas = result["metadatas"] or []
+                embeddings = result["embeddings"]
+                for i, item_id in enumerate(result["ids"]):
+                    vector = np.asarray(embeddings[i], dtype=np.float32) if embeddings is not None else None
+                    if vector is None:
+                        raise StorageError(f"Chroma returned no embedding for {item_id!r} in scope {scope!r}")
+                    found[item_id] = VectorItem(
+                        id=item_id,
+                        text=documents[i] or "",
+                        embedding=vector.tolist(),
+                        metadata=_hit_metadata(metadatas[i]),
+                    )
+            return [found[i] for i in ids if i in found]
+
+        return self._with_collection(scope, False, fetch, [])
 
 
 def _metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, MetadataValue] | None:

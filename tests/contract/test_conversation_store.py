@@ -441,6 +441,72 @@ async def test_keyword_index_follows_updates_and_deletes(sql_store: SQLConversat
             assert hits.scalar_one() == 0
 
 
+async def test_keyword_search_matches_the_search_context_below_the_text(
+    sql_store: SQLConversationStore,
+) -> None:
+    from dataclasses import replace
+
+    reply = replace(
+        memory("a-reply", text="Caroline: Yes, it was amazing, I loved every minute!"),
+        search_context="8 May 2023\nMelanie: How was the pottery class?",
+    )
+    said = memory("a-said", text="Caroline: I signed up for a pottery class", at_s=1)
+    await sql_store.add_memories([reply, said])
+
+    assert await keyword_ids(sql_store, "discord:1", "how was the pottery class") == ["a-said", "a-reply"]
+    assert await keyword_ids(sql_store, "discord:1", "May 2023") == ["a-reply"]
+    [(stored, _)] = await sql_store.keyword_search("discord:1", "2023", 5)
+    assert stored == reply  # kept, and given back as written
+
+    await sql_store.add_memories([replace(reply, search_context="Melanie: and the concert?")])
+    assert await keyword_ids(sql_store, "discord:1", "May 2023") == []
+    assert await keyword_ids(sql_store, "discord:1", "concert") == ["a-reply"]
+
+
+async def test_search_context_migration_downgrades_to_0004_and_back(sql_url: str) -> None:
+    from dataclasses import replace
+
+    from alembic import command
+
+    from storage.sql.store import alembic_config
+
+    store = SQLConversationStore(sql_url)
+    await store.start()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(schema.memories.delete())
+        await store.add_memories(
+            [replace(memory("a1", text="Alice: kept across the downgrade"), search_context="Bob: a question")]
+        )
+
+        def migrate(conn: sa.Connection, target: str) -> list[str]:
+            config = alembic_config(conn)
+            (command.downgrade if target == "0004" else command.upgrade)(config, target)
+            return [c["name"] for c in sa.inspect(conn).get_columns("memories")]
+
+        async with store.engine.begin() as conn:
+            columns = await conn.run_sync(migrate, "0004")
+        assert "search_context" not in columns
+        async with store.engine.connect() as conn:  # the text alone is still searchable
+            hits = await conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'downgrade'"
+                    if store.kind == "sqlite"
+                    else "SELECT count(*) FROM memories "
+                    "WHERE text_search @@ to_tsquery('english', 'downgrade')"
+                )
+            )
+            assert hits.scalar_one() == 1
+        async with store.engine.begin() as conn:
+            columns = await conn.run_sync(migrate, "head")
+        assert "search_context" in columns
+        assert await keyword_ids(store, "discord:1", "downgrade") == ["a1"]
+        await store.add_memories([replace(memory("a2", at_s=1), search_context="Bob: a question")])
+        assert await keyword_ids(store, "discord:1", "question") == ["a2"]
+    finally:
+        await store.aclose()
+
+
 async def test_keyword_migration_downgrades_to_0001_and_back(sql_url: str) -> None:
     from alembic import command
 
@@ -724,7 +790,7 @@ async def test_ping_and_restart_keep_data(sql_url: str) -> None:
         assert await again.get_setting("guild:discord:restart", "k") == [1]
         async with again.engine.connect() as conn:
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
-        assert version == "0003"
+        assert version == "0005"
         await again.delete_setting("guild:discord:restart", "k")
     finally:
         await again.aclose()
@@ -772,7 +838,8 @@ async def test_migrations_give_both_backends_the_same_schema(sql_pg_url: str, tm
     assert on_sqlite["diff"] == [], "SQLite schema differs from storage/sql/schema.py"
     assert on_postgres["diff"] == [], "PostgreSQL schema differs from storage/sql/schema.py"
     assert on_sqlite["tables"] == on_postgres["tables"]
-    assert set(on_sqlite["tables"]) == {"alembic_version", "users", "messages", "memories", "settings"}
+    tables = {"alembic_version", "users", "messages", "memories", "settings", "vector_outbox"}
+    assert set(on_sqlite["tables"]) == tables
     for table in TABLES:
         assert [c[0] for c in on_sqlite["tables"][table.name]["columns"]] == [c.name for c in table.columns]
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.conftest import require_redis
 from tests.fakes.llm_server import FakeLLMServer
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 EXE = str(Path(sys.executable).with_name("whisperengine"))
 SECRET_KEY = "sk-test-Zq8v3Lr9Xy2Wm5Kp"
 SECRET_TOKEN = "api-token-Hn4Bt7Vc1Qd6"
+ENCRYPTION_KEY = "Zm9yLXRlc3RzLW9ubHktMzItYnl0ZXMtbG9uZy1rZXk="  # Fernet: 32 bytes, url-safe base64
 
 
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -105,6 +107,22 @@ def test_unreachable_redis_falls_back_to_the_in_process_cache(tmp_path: Path) ->
     assert "pw-Xk29" not in result.stdout + result.stderr
 
 
+def test_json_logs_are_one_object_per_line_without_secrets(tmp_path: Path) -> None:
+    env = base_env(
+        tmp_path,
+        REDIS_URL="redis://:pw-Jq51@127.0.0.1:1/0",
+        OLLAMA_HOST="http://127.0.0.1:1",
+        LOG_FORMAT="json",
+    )
+    result = run_cli(["doctor"], env)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert records, "the unreachable Redis is logged"
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["level"] == "WARNING" and "in-process cache" in r["message"] for r in records)
+    assert "pw-Jq51" not in result.stderr
+
+
 def test_doctor_reports_redis_when_it_is_there(tmp_path: Path) -> None:
     url = require_redis()
     env = base_env(tmp_path, REDIS_URL=url, REDIS_PREFIX="we-doctor-test:", OLLAMA_HOST="http://127.0.0.1:1")
@@ -146,7 +164,7 @@ def fake_llm() -> Iterator[str]:
 
     def serve() -> None:
         async def main() -> None:
-            async with FakeLLMServer(reply="Hello from the fake model!") as server:
+            async with FakeLLMServer(reply="Hello from the fake model!", api_key=SECRET_KEY) as server:
                 ready["url"] = server.url
                 await asyncio.to_thread(stop.wait)
 
@@ -163,6 +181,35 @@ def fake_llm() -> Iterator[str]:
     thread.join(10)
 
 
+def test_secret_commands_refuse_without_a_key_and_make_a_key(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    refused = run_cli(["secret", "set", "OPENAI_API_KEY"], env, stdin=SECRET_KEY + "\n")
+    assert refused.returncode == 2
+    assert "ENCRYPTION_KEY" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert SECRET_KEY not in refused.stdout + refused.stderr
+    database = tmp_path / "data" / "whisperengine.db"
+    assert not database.exists() or SECRET_KEY.encode() not in database.read_bytes()
+
+    unknown = run_cli(["secret", "set", "DATABASE_URL"], {**env, "ENCRYPTION_KEY": ENCRYPTION_KEY})
+    assert unknown.returncode == 2 and "OPENAI_API_KEY" in unknown.stderr
+
+    made = run_cli(["secret", "new-key"], env)
+    assert made.returncode == 0
+    Fernet(made.stdout.strip().encode())  # a valid key
+
+
+def test_a_wrong_encryption_key_is_a_note_not_a_failed_start(tmp_path: Path) -> None:
+    env = base_env(tmp_path, ENCRYPTION_KEY=ENCRYPTION_KEY, OLLAMA_HOST="http://127.0.0.1:1")
+    stored = run_cli(["secret", "set", "OPENAI_API_KEY"], env, stdin=SECRET_KEY + "\n")
+    assert stored.returncode == 0, stored.stderr
+    other_key = Fernet.generate_key().decode()
+    result = run_cli(["doctor"], {**env, "ENCRYPTION_KEY": other_key})
+    assert result.returncode == 0, result.stderr
+    assert "note: stored secret OPENAI_API_KEY not used" in result.stdout
+    assert "ENCRYPTION_KEY" in result.stdout and "llm       llamacpp" in result.stdout
+    assert SECRET_KEY not in result.stdout + result.stderr and other_key not in result.stdout + result.stderr
+
+
 def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
     tmp_path: Path, fake_llm: str
 ) -> None:
@@ -171,12 +218,19 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
         tmp_path,
         WEB_ENABLED="true",
         WEB_PORT=str(port),
-        OPENAI_API_KEY=SECRET_KEY,
         OPENAI_BASE_URL=fake_llm + "/v1",
         API_TOKEN=SECRET_TOKEN,
+        ENCRYPTION_KEY=ENCRYPTION_KEY,
         LOG_LEVEL="DEBUG",
     )
     (tmp_path / "data").mkdir()
+    # The OpenAI key is stored encrypted at run time, not set in the environment: the bot
+    # reads it at start (the fake model answers only with that key).
+    stored = run_cli(["secret", "set", "OPENAI_API_KEY"], env, stdin=SECRET_KEY + "\n")
+    assert stored.returncode == 0, stored.stderr
+    listed = run_cli(["secret", "list"], env)
+    assert listed.stdout.split() == ["OPENAI_API_KEY"]
+    assert SECRET_KEY not in stored.stdout + stored.stderr + listed.stdout + listed.stderr
     # The log goes to a file: DEBUG output would fill a pipe nobody reads and block the bot.
     log_path = tmp_path / "bot.log"
     log_file = log_path.open("w")
@@ -207,6 +261,12 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
             proc.wait(timeout=30)
             pytest.fail("no answer from /api/chat; the bot's log:\n" + log_path.read_text())
         assert body["reply"] == "Hello from the fake model!"
+        metrics = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {SECRET_TOKEN}"}
+        )
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            exported = response.read().decode()
+        assert 'whisperengine_messages_handled_total{kind="answer",platform="web"} 1.0' in exported
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -215,4 +275,7 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
     assert proc.returncode == 0, logs
     assert "Traceback" not in logs
     assert "shutting down" in logs
-    assert SECRET_KEY not in logs and SECRET_TOKEN not in logs
+    for secret in (SECRET_KEY, SECRET_TOKEN, ENCRYPTION_KEY):
+        assert secret not in logs
+    database = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("whisperengine.db*"))
+    assert SECRET_KEY.encode() not in database and ENCRYPTION_KEY.encode() not in database

@@ -92,7 +92,7 @@ def buttons(response: Json) -> dict[str, str]:
 
 async def test_commands_are_synced_on_start(world: World) -> None:
     names = {c["name"] for c in world.fake.global_commands}
-    assert names == {"persona", "memory", "privacy", "channel", "status", "config"}
+    assert names == {"persona", "memory", "privacy", "channel", "status", "config", "link", "checkin"}
     memory = next(c for c in world.fake.global_commands if c["name"] == "memory")
     assert {o["name"] for o in memory["options"]} == {"show", "forget", "export"}
 
@@ -364,3 +364,46 @@ async def test_status_reports_a_degraded_llm(world: World) -> None:
         await world.llm.up()
     text = content(followup)
     assert "`llm     ` **down**" in text and "Degraded: llm" in text
+
+
+# --- /link ------------------------------------------------------------------------------------
+
+
+async def test_link_gives_an_ephemeral_code_and_links_two_accounts(world: World) -> None:
+    channel = await world.channel("link")
+    first, second = world.user("lin"), world.user("lou")
+    await world.chat(channel, second, "my kayak is bright orange and called Zest")
+    await world.app.engine.writer.drain()
+
+    [shown] = await world.command("link", user=first, channel=channel)
+    assert is_ephemeral(shown) and "expires in 10 minutes" in content(shown)
+    code = content(shown).split("**")[1]
+    callback, done = await world.command("link", user=second, channel=channel, n=2, code=code)
+    assert callback["type"] == 5 and is_ephemeral(callback) and is_ephemeral(done)
+    assert content(done).startswith("Linked:")
+
+    [memories] = await world.command("memory", "show", user=first, channel=channel)
+    assert is_ephemeral(memories) and "kayak is bright orange" in content(memories)
+
+    _, exported = await world.command("memory", "export", user=second, channel=channel, n=2)
+    [(_, raw)] = exported["files"]
+    data = json.loads(raw)
+    assert data["user_key"] == f"discord:{first['id']}"
+    assert data["linked_accounts"] == [f"discord:{second['id']}"]
+    assert any("kayak is bright orange" in m["text"] for m in data["memories"])
+
+    _, erased = await world.command("privacy", "forget-me", user=first, channel=channel, n=2, confirm=True)
+    assert "erased" in content(erased)
+    for account in (f"discord:{first['id']}", f"discord:{second['id']}"):
+        assert await world.app.store.get_user(account) is None
+        assert await world.app.engine.resolve_user_key(account) == account
+    assert await world.app.store.count_memories(f"discord:{first['id']}") == 0
+
+
+async def test_link_refusals_are_ephemeral_errors(world: World) -> None:
+    channel = await world.channel("link-refused")
+    user = world.user("rue")
+    _, unknown = await world.command("link", user=user, channel=channel, n=2, code="ABCD2345")
+    assert is_ephemeral(unknown) and "unknown or has expired" in content(unknown)
+    _, malformed = await world.command("link", user=user, channel=channel, n=2, code="nope")
+    assert is_ephemeral(malformed) and "doesn't look like a link code" in content(malformed)

@@ -272,7 +272,7 @@ async def test_start_and_help(world: World) -> None:
     await tg.wait_for(lambda: len(tg.bot_messages(chat)) == 1)
     assert tg.bot_texts(chat)[0].startswith("Hi Gina! I'm WhisperEngine.")
     assert "/forget_me" in tg.bot_texts(chat)[0]
-    assert {c["command"] for c in tg.commands} == {"help", "persona", "forget_me"}
+    assert {c["command"] for c in tg.commands} == {"help", "persona", "forget_me", "link", "checkin"}
     assert world.prompts_containing("/start") == []
 
 
