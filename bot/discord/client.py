@@ -195,6 +195,9 @@ class DiscordAdapter:
         self.tree: WhisperCommandTree | None = None
         self._connection: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # the newest message task of each channel: the next one waits for it, so a channel's
+        # messages reach the engine (and its conversation lock) in the order they arrived
+        self._channel_tails: dict[int, asyncio.Task[None]] = {}
         self._our_messages: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._ready = asyncio.Event()
         self._closing = False
@@ -350,9 +353,24 @@ class DiscordAdapter:
             return
         if message.type not in ANSWERED_TYPES:
             return
-        task = asyncio.create_task(self._guarded(message), name=f"discord-message-{message.id}")
+        channel_id = message.channel.id
+        after = self._channel_tails.get(channel_id)
+        task = asyncio.create_task(self._in_order(message, after), name=f"discord-message-{message.id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._channel_tails[channel_id] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if self._channel_tails.get(channel_id) is finished:
+                del self._channel_tails[channel_id]
+
+        task.add_done_callback(done)
+
+    async def _in_order(self, message: discord.Message, after: asyncio.Task[None] | None) -> None:
+        """Answer ``message`` once the channel's previous message has been answered."""
+        if after is not None:
+            await asyncio.wait([after])  # its outcome is its own error boundary's business
+        await self._guarded(message)
 
     async def _guarded(self, message: discord.Message) -> None:
         """The error boundary of one message: log, and apologise rather than stay silent."""

@@ -68,6 +68,7 @@ class RecordingSpeechToText:
         self.calls: list[tuple[bytes, str]] = []
         self.transcript = "what is the weather like on mars"
         self.fail_with: Exception | None = None
+        self.delay_s = 0.0
 
     @property
     def name(self) -> str:
@@ -75,6 +76,7 @@ class RecordingSpeechToText:
 
     async def transcribe(self, audio: bytes, *, content_type: str = "") -> Transcript:
         self.calls.append((audio, content_type))
+        await asyncio.sleep(self.delay_s)
         if self.fail_with is not None:
             raise self.fail_with
         return Transcript(self.transcript, language="en", duration_s=2.5)
@@ -337,6 +339,36 @@ async def test_voice_message_is_transcribed_and_answered(world: World) -> None:
     assert stt.calls[-1] == (audio, "audio/ogg")
     [prompt] = world.prompts_containing(stt.transcript)
     assert prompt[-1]["content"] == f"{ivy['global_name']}: {stt.transcript}"
+
+
+async def test_a_channels_messages_are_answered_in_the_order_they_came(world: World) -> None:
+    fake, stt = world.fake, world.stt
+    channel = await world.channel("in-order")
+    ivy = world.user("ivy")
+    voice = fake.attachment("voice-message.ogg", b"OggS" + bytes(200), "audio/ogg", duration_secs=2.5)
+    stt.delay_s = 0.5  # the first message takes longer to prepare than the second
+    try:
+        first = await fake.send_message(channel, ivy, "", mention_bot=True, attachments=[voice], voice=True)
+        second = await fake.send_message(channel, ivy, "and a quick text", mention_bot=True)
+        await fake.wait_for_reply(second["id"])
+        await fake.wait_for_reply(first["id"])
+    finally:
+        stt.delay_s = 0.0
+
+    def first_post(message_id: str) -> int:
+        return next(
+            i
+            for i, call in enumerate(fake.requests)
+            if call.method == "POST"
+            and call.json
+            and str((call.json.get("message_reference") or {}).get("message_id")) == message_id
+        )
+
+    assert first_post(first["id"]) < first_post(second["id"])
+    prompts = [r.messages[-1]["content"] for r in world.llm.requests if r.messages]
+    assert prompts.index(f"{ivy['global_name']}: {stt.transcript}") < prompts.index(
+        f"{ivy['global_name']}: and a quick text"
+    )
 
 
 async def test_unusable_audio_gets_the_reason(world: World) -> None:
