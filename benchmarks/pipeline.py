@@ -364,7 +364,7 @@ async def llm_server(chunk_size: int) -> AsyncIterator[str]:
 async def populate(spec: dict[str, Any]) -> dict[str, Any]:
     """Fill the stores of ``spec["settings"]`` with ``spec["users"]``' memories."""
     from bot.app import make_store, make_vectors
-    from engine.memory import _metadata, memory_text
+    from engine.memory import memory_text, vector_metadata
     from engine.ports import MemoryRecord, VectorItem
     from inference.minilm import MiniLMEmbedder
 
@@ -412,7 +412,7 @@ async def populate(spec: dict[str, Any]) -> dict[str, Any]:
                         source_message_ids=(uuid.uuid4().hex[:32],),
                     )
                     records.append(record)
-                    items.append(VectorItem(record.id, record.text, batch[row], _metadata(record)))
+                    items.append(VectorItem(record.id, record.text, batch[row], vector_metadata(record)))
                 took_sql, took_vec = await asyncio.gather(
                     timed(store.add_memories(records)), timed(vectors.add(key, items))
                 )

@@ -1,4 +1,5 @@
-"""Shared shutdown of the engine's background queue workers (memory writer, relationship tracker)."""
+"""Shared shutdown of the engine's background tasks and queue workers (memory writer, relationship
+tracker, fact extractor, memory care, check-ins)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ async def drain_and_stop(
         await asyncio.wait_for(queue.join(), timeout_s)
     except TimeoutError:
         logger.error("%s: %d items still queued at shutdown", what, queue.qsize())
-    worker.cancel()
+    await cancel_and_wait(worker)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (None: nothing to stop) and wait until it has stopped."""
+    if task is None:
+        return
+    task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await worker
+        await task

@@ -51,6 +51,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from engine.background import cancel_and_wait
 from engine.errors import (
     BackendUnavailable,
     ConversationBusy,
@@ -60,7 +61,8 @@ from engine.errors import (
     WhisperEngineError,
 )
 from engine.events import ChatMessage, MemoryHit, Turn, UniversalMessage, new_id, utcnow
-from engine.ports import DirectMessenger, MemoryRecord, StoredMessage, UserProfile
+from engine.memory import record_hit
+from engine.ports import DirectMessenger, StoredMessage, UserProfile
 from engine.prompt import build_prompt
 
 if TYPE_CHECKING:
@@ -355,9 +357,7 @@ class CheckinScheduler:
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def load(self) -> int:
         """Track every stored schedule not tracked yet (page by page); returns how many.
@@ -591,7 +591,7 @@ class CheckinScheduler:
             logger.exception("memory recall failed for the check-in of %s; writing without it", user_key)
             return []
         replaced = {state.id for state in states if state.superseded_by}
-        return hits + [_hit(m) for m in fresh if m.id not in replaced]
+        return hits + [record_hit(m) for m in fresh if m.id not in replaced]
 
     async def _write(self, messages: tuple[ChatMessage, ...]) -> str:
         engine = self._engine
@@ -602,18 +602,6 @@ class CheckinScheduler:
             )
         ]
         return "".join(parts).strip()
-
-
-def _hit(memory: MemoryRecord) -> MemoryHit:
-    return MemoryHit(
-        memory_id=memory.id,
-        text=memory.text,
-        score=0.0,
-        created_at=memory.created_at,
-        platform=memory.platform,
-        channel_id=memory.channel_id,
-        source_message_ids=memory.source_message_ids,
-    )
 
 
 __all__ = [

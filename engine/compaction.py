@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from engine.events import ChatMessage
-from engine.memory import memory_text, worth_remembering
+from engine.memory import memory_text, vector_metadata, worth_remembering
 from engine.memory_care import score_importance
 from engine.memory_llm import BackgroundLLM
 from engine.ports import (
@@ -287,14 +287,7 @@ class SessionCompactor:
         )
         [embedding] = await self._embedder.embed([record.text])
         metadata: dict[str, MetadataValue] = {
-            "created_at": record.created_at.isoformat(),
-            "platform": record.platform,
-            "channel_id": record.channel_id,
-            "kind": record.kind,
-            "importance": record.importance,
-            "sources": ",".join(record.source_message_ids),
-            "mentions": 1,
-            "superseded_by": "",
+            **vector_metadata(record),
             "session_start": start.isoformat(),
             "session_end": end.isoformat(),
         }

@@ -24,7 +24,6 @@ shutdown are dropped too: their message memories stay.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -33,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.background import cancel_and_wait
 from engine.errors import WhisperEngineError
 from engine.events import ChatMessage, new_id
 from engine.memory import MemoryWriter, memory_text
@@ -238,10 +238,7 @@ class FactExtractor:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._pending:
             logger.info("fact extraction: %d messages left unread at shutdown", len(self._pending))
 

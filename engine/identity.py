@@ -40,13 +40,12 @@ from datetime import UTC, datetime, timedelta
 
 from engine.errors import BackendUnavailable, LinkRefused, StorageError
 from engine.events import utcnow
+from engine.memory import vector_metadata
 from engine.ports import (
     Cache,
     ConversationStore,
     Embedder,
-    MemoryRecord,
     MemoryState,
-    MetadataValue,
     VectorItem,
     VectorMemory,
 )
@@ -154,20 +153,6 @@ def merge_relationships(target: RelationshipProfile, source: RelationshipProfile
         preferred_name=target.preferred_name or source.preferred_name,
         updated_at=utcnow(),
     )
-
-
-def _vector_metadata(record: MemoryRecord, state: MemoryState | None) -> dict[str, MetadataValue]:
-    """The metadata ``MemoryWriter`` stores with a vector, with the care fields as they are now."""
-    return {
-        "created_at": record.created_at.isoformat(),
-        "platform": record.platform,
-        "channel_id": record.channel_id,
-        "kind": record.kind,
-        "importance": state.importance if state is not None else record.importance,
-        "sources": ",".join(record.source_message_ids),
-        "mentions": state.mentions if state is not None else 1,
-        "superseded_by": (state.superseded_by or "") if state is not None else "",
-    }
 
 
 class IdentityLinker:
@@ -364,7 +349,7 @@ class IdentityLinker:
                 into,
                 [
                     VectorItem(
-                        id=r.id, text=r.text, embedding=e, metadata=_vector_metadata(r, states.get(r.id))
+                        id=r.id, text=r.text, embedding=e, metadata=vector_metadata(r, states.get(r.id))
                     )
                     for r, e in zip(records, embeddings, strict=True)
                 ],

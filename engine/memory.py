@@ -43,6 +43,7 @@ from engine.ports import (
     ConversationStore,
     Embedder,
     MemoryRecord,
+    MemoryState,
     MetadataValue,
     StoredMessage,
     Vector,
@@ -98,16 +99,18 @@ def worth_remembering(content: str) -> bool:
     return len(text) >= MIN_MEMORY_CHARS and len(text.split()) >= 3 and not text.startswith("/")
 
 
-def _metadata(record: MemoryRecord) -> dict[str, MetadataValue]:
+def vector_metadata(record: MemoryRecord, state: MemoryState | None = None) -> dict[str, MetadataValue]:
+    """The metadata stored with a memory's vector, with the care fields of ``state`` (None:
+    those of a new memory)."""
     return {
         "created_at": record.created_at.isoformat(),
         "platform": record.platform,
         "channel_id": record.channel_id,
         "kind": record.kind,
-        "importance": record.importance,
+        "importance": state.importance if state is not None else record.importance,
         "sources": ",".join(record.source_message_ids),
-        "mentions": 1,
-        "superseded_by": "",
+        "mentions": state.mentions if state is not None else 1,
+        "superseded_by": (state.superseded_by or "") if state is not None else "",
     }
 
 
@@ -198,7 +201,7 @@ def fuse(
     for (record, _), scaled in zip(keyword, _scaled([score for _, score in keyword]), strict=True):
         candidate = candidates.get(record.id)
         if candidate is None:
-            candidate = candidates[record.id] = _Candidate(_record_hit(record), record.importance)
+            candidate = candidates[record.id] = _Candidate(record_hit(record), record.importance)
         candidate.keyword = scaled
     if not candidates:
         return []
@@ -234,7 +237,8 @@ def _importance(value: MetadataValue | None) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.5
 
 
-def _record_hit(record: MemoryRecord) -> MemoryHit:
+def record_hit(record: MemoryRecord) -> MemoryHit:
+    """A stored memory as a recall hit (score 0: not found by a search)."""
     return MemoryHit(
         memory_id=record.id,
         text=record.text,
@@ -505,7 +509,11 @@ class MemoryWriter:
         await self._store.add_memories([record])
         await self._vectors.add(
             user_key,
-            [VectorItem(id=record.id, text=record.text, embedding=embedding, metadata=_metadata(record))],
+            [
+                VectorItem(
+                    id=record.id, text=record.text, embedding=embedding, metadata=vector_metadata(record)
+                )
+            ],
         )
         for old in contradicted:
             if await self._store.supersede_memory(user_key, old.id, superseded_by=record.id, at=at):

@@ -30,13 +30,13 @@ duplicate threshold, so a near-identical sentence with a new value is still a co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from engine.background import cancel_and_wait
 from engine.errors import WhisperEngineError
 from engine.events import utcnow
 from engine.ports import ConversationStore, MemoryState, VectorMemory
@@ -210,10 +210,7 @@ class MemoryCare:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:

@@ -26,8 +26,8 @@ import importlib.util
 import logging
 import re
 import shutil
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from engine.breaker import BreakerSnapshot, CircuitBreaker
 from engine.errors import BackendUnavailable, CircuitOpen, ConfigError
@@ -80,44 +80,58 @@ def speakable(text: str) -> str:
 # --- the router ----------------------------------------------------------------------------------
 
 
-class SpeechRouter:
-    """The TextToSpeech port over several engines, in order of preference."""
+class _Engine(Protocol):
+    """What every speech engine has, whichever way it works."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+EngineT = TypeVar("EngineT", bound=_Engine)
+T = TypeVar("T")
+
+
+class _EngineRouter(Generic[EngineT]):
+    """Engines in order of preference, each behind its own circuit breaker (none when
+    ``breaker_failures`` is None): starts and closes them, and asks them in turn until one
+    answers."""
+
+    kind = ""
+    """What the engines do (``speech-to-text``), for breaker names, logs and health."""
+    separator = ","
+    """What joins the engines' names in :attr:`name`."""
 
     def __init__(
-        self,
-        engines: Sequence[SpeechEngine],
-        *,
-        default_voice: str | None = None,
-        breaker_failures: int | None = None,
-        breaker_reset_s: float = 30.0,
+        self, engines: Sequence[EngineT], *, breaker_failures: int | None, breaker_reset_s: float
     ) -> None:
         if not engines:
-            raise ValueError("SpeechRouter needs at least one engine")
+            raise ValueError(f"{type(self).__name__} needs at least one engine")
         self._engines = list(engines)
         self.breakers: dict[str, CircuitBreaker] = (
             {
                 engine.name: CircuitBreaker(
-                    f"text-to-speech {engine.name}",
+                    f"{self.kind} {engine.name}",
                     failure_threshold=breaker_failures,
                     reset_timeout_s=breaker_reset_s,
                 )
                 for engine in self._engines
             }
-            if breaker_failures
+            if breaker_failures is not None
             else {}
         )
-        self._default_voice = default_voice or None
-        self._warned: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"SpeechRouter({self.name!r})"
+        return f"{type(self).__name__}({self.name!r})"
 
     @property
     def name(self) -> str:
-        return ",".join(engine.name for engine in self._engines)
+        return self.separator.join(engine.name for engine in self._engines)
 
     @property
-    def engines(self) -> list[SpeechEngine]:
+    def engines(self) -> list[EngineT]:
         return list(self._engines)
 
     async def start(self) -> None:
@@ -127,6 +141,51 @@ class SpeechRouter:
     async def aclose(self) -> None:
         for engine in reversed(self._engines):
             await engine.aclose()
+
+    async def _first_answer(
+        self, order: Sequence[EngineT], ask: Callable[[EngineT], Callable[[], Awaitable[T]]]
+    ) -> T:
+        """The answer of the first engine in ``order`` that gives one; an engine that fails
+        (or whose circuit is open) passes to the next. All failing: the first failure."""
+        failure: BackendUnavailable | None = None
+        for engine in order:
+            call = ask(engine)
+            breaker = self.breakers.get(engine.name)
+            try:
+                return await (call() if breaker is None else breaker.call(call))
+            except CircuitOpen as exc:
+                logger.debug("%s engine %s skipped: %s", self.kind, engine.name, exc)
+                failure = failure or exc
+            except BackendUnavailable as exc:
+                logger.warning("%s engine %s failed: %s", self.kind, engine.name, exc)
+                failure = failure or exc
+        assert failure is not None
+        raise failure
+
+    def circuits(self) -> list[BreakerSnapshot]:
+        return [breaker.snapshot() for breaker in self.breakers.values()]
+
+    def health(self) -> ComponentHealth:
+        """Down when every engine's circuit is open, degraded when some are."""
+        return with_circuits(ComponentHealth(self.kind, "ok", self.name), self.circuits())
+
+
+class SpeechRouter(_EngineRouter[SpeechEngine]):
+    """The TextToSpeech port over several engines, in order of preference."""
+
+    kind = "text-to-speech"
+
+    def __init__(
+        self,
+        engines: Sequence[SpeechEngine],
+        *,
+        default_voice: str | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset_s: float = 30.0,
+    ) -> None:
+        super().__init__(engines, breaker_failures=breaker_failures or None, breaker_reset_s=breaker_reset_s)
+        self._default_voice = default_voice or None
+        self._warned: set[str] = set()
 
     def choose(self, voice: str | None) -> tuple[SpeechEngine, str | None]:
         """The engine that speaks ``voice`` (None: the default voice), and the voice for it."""
@@ -157,32 +216,20 @@ class SpeechRouter:
         spoken = speakable(text) or text
         first, chosen = self.choose(voice)
         order = [first, *(engine for engine in self._engines if engine is not first)]
-        failure: BackendUnavailable | None = None
-        for engine in order:
-            speak = functools.partial(engine.synthesize, spoken, voice=chosen if engine is first else None)
-            breaker = self.breakers.get(engine.name)
-            try:
-                return await (speak() if breaker is None else breaker.call(speak))
-            except CircuitOpen as exc:
-                logger.debug("text-to-speech engine %s skipped: %s", engine.name, exc)
-                failure = failure or exc
-            except BackendUnavailable as exc:
-                logger.warning("text-to-speech engine %s failed: %s", engine.name, exc)
-                failure = failure or exc
-        assert failure is not None
-        raise failure
-
-    def circuits(self) -> list[BreakerSnapshot]:
-        return [breaker.snapshot() for breaker in self.breakers.values()]
-
-    def health(self) -> ComponentHealth:
-        """``text-to-speech``: down when every engine's circuit is open, degraded when some are."""
-        return with_circuits(ComponentHealth("text-to-speech", "ok", self.name), self.circuits())
+        return await self._first_answer(
+            order,
+            lambda engine: functools.partial(
+                engine.synthesize, spoken, voice=chosen if engine is first else None
+            ),
+        )
 
 
-class TranscriptionRouter:
+class TranscriptionRouter(_EngineRouter[SpeechToText]):
     """The SpeechToText port over one or more engines, in order of preference, each behind
     its own circuit breaker."""
+
+    kind = "speech-to-text"
+    separator = " → "
 
     def __init__(
         self,
@@ -191,59 +238,14 @@ class TranscriptionRouter:
         breaker_failures: int = 3,
         breaker_reset_s: float = 30.0,
     ) -> None:
-        if not engines:
-            raise ValueError("TranscriptionRouter needs at least one engine")
-        self._engines = list(engines)
-        self.breakers: dict[str, CircuitBreaker] = {
-            engine.name: CircuitBreaker(
-                f"speech-to-text {engine.name}",
-                failure_threshold=breaker_failures,
-                reset_timeout_s=breaker_reset_s,
-            )
-            for engine in self._engines
-        }
-
-    def __repr__(self) -> str:
-        return f"TranscriptionRouter({self.name!r})"
-
-    @property
-    def name(self) -> str:
-        return " → ".join(engine.name for engine in self._engines)
-
-    @property
-    def engines(self) -> list[SpeechToText]:
-        return list(self._engines)
-
-    async def start(self) -> None:
-        for engine in self._engines:
-            await engine.start()
-
-    async def aclose(self) -> None:
-        for engine in reversed(self._engines):
-            await engine.aclose()
+        super().__init__(engines, breaker_failures=breaker_failures, breaker_reset_s=breaker_reset_s)
 
     async def transcribe(self, audio: bytes, *, content_type: str = "") -> Transcript:
         """The first engine's transcript; the next engine's when it fails or its circuit is open."""
-        failure: BackendUnavailable | None = None
-        for engine in self._engines:
-            listen = functools.partial(engine.transcribe, audio, content_type=content_type)
-            try:
-                return await self.breakers[engine.name].call(listen)
-            except CircuitOpen as exc:
-                logger.debug("speech-to-text engine %s skipped: %s", engine.name, exc)
-                failure = failure or exc
-            except BackendUnavailable as exc:
-                logger.warning("speech-to-text engine %s failed: %s", engine.name, exc)
-                failure = failure or exc
-        assert failure is not None
-        raise failure
-
-    def circuits(self) -> list[BreakerSnapshot]:
-        return [breaker.snapshot() for breaker in self.breakers.values()]
-
-    def health(self) -> ComponentHealth:
-        """``speech-to-text``: down when every engine's circuit is open, degraded when some are."""
-        return with_circuits(ComponentHealth("speech-to-text", "ok", self.name), self.circuits())
+        return await self._first_answer(
+            self._engines,
+            lambda engine: functools.partial(engine.transcribe, audio, content_type=content_type),
+        )
 
 
 # --- choosing from the settings ---------------------------------------------------------------
@@ -448,6 +450,21 @@ def _make_tts(name: str, settings: Settings) -> SpeechEngine | str:
     return f"unknown engine {name!r}"
 
 
+async def _start_each(engines: Sequence[EngineT], what: str, notes: list[str]) -> list[EngineT]:
+    """The ``engines`` that start; each one that does not is closed, logged and noted."""
+    started: list[EngineT] = []
+    for engine in engines:
+        try:
+            await engine.start()
+        except (ConfigError, BackendUnavailable) as exc:
+            await engine.aclose()
+            logger.warning("%s %s skipped: %s", what, engine.name, exc)
+            notes.append(f"{what} {engine.name} skipped: {exc}")
+            continue
+        started.append(engine)
+    return started
+
+
 async def build_voice(settings: Settings) -> tuple[SpeechToText | None, TextToSpeech | None, list[str]]:
     """Speech-to-text and text-to-speech as configured, started; plus notes for ``doctor``.
 
@@ -470,31 +487,16 @@ async def build_voice(settings: Settings) -> tuple[SpeechToText | None, TextToSp
             notes.append(f"speech-to-text is off: {primary.name} could not start: {exc}")
         else:
             listening.append(primary)
-    for fallback in make_stt_fallbacks(settings, primary, notes):
-        try:
-            await fallback.start()
-        except (ConfigError, BackendUnavailable) as exc:
-            await fallback.aclose()
-            logger.warning("speech-to-text fallback %s skipped: %s", fallback.name, exc)
-            notes.append(f"speech-to-text fallback {fallback.name} skipped: {exc}")
-            continue
-        listening.append(fallback)
+    listening += await _start_each(
+        make_stt_fallbacks(settings, primary, notes), "speech-to-text fallback", notes
+    )
     stt: TranscriptionRouter | None = None
     if listening:
         stt = TranscriptionRouter(
             listening, breaker_failures=settings.breaker_failures, breaker_reset_s=settings.breaker_reset_s
         )
         notes.append(f"speech-to-text: {stt.name}")
-    started: list[SpeechEngine] = []
-    for engine in make_tts_engines(settings, notes):
-        try:
-            await engine.start()
-        except (ConfigError, BackendUnavailable) as exc:
-            await engine.aclose()
-            logger.warning("text-to-speech engine %s skipped: %s", engine.name, exc)
-            notes.append(f"text-to-speech engine {engine.name} skipped: {exc}")
-            continue
-        started.append(engine)
+    started = await _start_each(make_tts_engines(settings, notes), "text-to-speech engine", notes)
     tts: SpeechRouter | None = None
     if started:
         tts = SpeechRouter(

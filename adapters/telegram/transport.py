@@ -12,6 +12,9 @@ polling with its own backoff — and tells the guard whether polling works, for 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
 from telegram._utils.defaultvalue import DEFAULT_NONE
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
@@ -34,8 +37,11 @@ class _ServerError(Exception):
         self.payload = payload
 
 
-class GuardedRequest(BaseRequest):
-    """``inner`` with ``guard`` around each call."""
+Send = Callable[[], Awaitable[tuple[int, bytes]]]
+
+
+class _ForwardingRequest(BaseRequest):
+    """``inner`` with :meth:`_forward` around each call, for ``guard``."""
 
     def __init__(self, inner: BaseRequest, guard: PlatformGuard) -> None:
         self._inner = inner
@@ -61,16 +67,28 @@ class GuardedRequest(BaseRequest):
         connect_timeout: ODVInput[float] = DEFAULT_NONE,
         pool_timeout: ODVInput[float] = DEFAULT_NONE,
     ) -> tuple[int, bytes]:
+        send = functools.partial(
+            self._inner.do_request,
+            url,
+            method,
+            request_data,
+            read_timeout=read_timeout,
+            write_timeout=write_timeout,
+            connect_timeout=connect_timeout,
+            pool_timeout=pool_timeout,
+        )
+        return await self._forward(send)
+
+    async def _forward(self, send: Send) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+
+class GuardedRequest(_ForwardingRequest):
+    """``inner`` with ``guard`` around each call."""
+
+    async def _forward(self, send: Send) -> tuple[int, bytes]:
         async def attempt() -> tuple[int, bytes]:
-            code, payload = await self._inner.do_request(
-                url,
-                method,
-                request_data,
-                read_timeout=read_timeout,
-                write_timeout=write_timeout,
-                connect_timeout=connect_timeout,
-                pool_timeout=pool_timeout,
-            )
+            code, payload = await send()
             if code >= 500:
                 raise _ServerError(code, payload)
             return code, payload
@@ -85,43 +103,12 @@ class GuardedRequest(BaseRequest):
             raise TimedOut(exc.detail) from exc
 
 
-class WatchedRequest(BaseRequest):
+class WatchedRequest(_ForwardingRequest):
     """``inner`` as it is, reporting to ``guard`` whether its calls (long polls) succeed."""
 
-    def __init__(self, inner: BaseRequest, guard: PlatformGuard) -> None:
-        self._inner = inner
-        self._guard = guard
-
-    @property
-    def read_timeout(self) -> float | None:
-        return self._inner.read_timeout
-
-    async def initialize(self) -> None:
-        await self._inner.initialize()
-
-    async def shutdown(self) -> None:
-        await self._inner.shutdown()
-
-    async def do_request(  # noqa: PLR0917 (PTB's signature)
-        self,
-        url: str,
-        method: str,
-        request_data: RequestData | None = None,
-        read_timeout: ODVInput[float] = DEFAULT_NONE,
-        write_timeout: ODVInput[float] = DEFAULT_NONE,
-        connect_timeout: ODVInput[float] = DEFAULT_NONE,
-        pool_timeout: ODVInput[float] = DEFAULT_NONE,
-    ) -> tuple[int, bytes]:
+    async def _forward(self, send: Send) -> tuple[int, bytes]:
         try:
-            code, payload = await self._inner.do_request(
-                url,
-                method,
-                request_data,
-                read_timeout=read_timeout,
-                write_timeout=write_timeout,
-                connect_timeout=connect_timeout,
-                pool_timeout=pool_timeout,
-            )
+            code, payload = await send()
         except NetworkError as exc:
             self._guard.connection_changed(False, f"{type(exc).__name__}: {exc}")
             raise

@@ -36,29 +36,25 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.urls import redact_url
-from engine.errors import BackendUnavailable, ConfigError, StorageError
+from engine.errors import BackendUnavailable, StorageError
 from engine.memory import TurnRecord
 from engine.ports import StoredMessage
 from storage.cache.locks import stop_if_cancelled
 from storage.cache.redis import glob_escape
+from storage.cache.redis_connection import connect_redis, not_started, redis_errors
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SERVICE = "Redis"
-_VARIABLE = "REDIS_URL"
 _BLOCK_S = 1.0
 _RETRY_S = 1.0
 _REQUEUE_EVERY_BEATS = 3
@@ -134,22 +130,13 @@ class RedisWorkQueue(Generic[T]):
     async def start(self) -> None:
         if self._client is not None:
             return
-        try:
-            client = aioredis.Redis.from_url(
-                self._url,
-                decode_responses=True,
-                socket_connect_timeout=self._connect_timeout_s,
-                # a blocking BLMOVE waits _BLOCK_S: leave room for it
-                socket_timeout=_BLOCK_S + 5.0,
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"invalid Redis URL {redact_url(self._url)}: {exc}", variable=_VARIABLE
-            ) from exc
+        client = await connect_redis(
+            self._url,
+            connect_timeout_s=self._connect_timeout_s,
+            socket_timeout_s=_BLOCK_S + 5.0,  # a blocking BLMOVE waits _BLOCK_S: leave room for it
+        )
         try:
             with self._errors():
-                await client.ping()
                 await client.set(self._alive, "1", px=self._alive_ms)
         except BaseException:
             await client.aclose()
@@ -377,23 +364,16 @@ class RedisWorkQueue(Generic[T]):
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            raise BackendUnavailable(_SERVICE, "the work queue is not started", variable=_VARIABLE)
+            raise not_started("the work queue is not started")
         return self._client
 
     def _script(self) -> AsyncScript:
         if self._requeue is None:
-            raise BackendUnavailable(_SERVICE, "the work queue is not started", variable=_VARIABLE)
+            raise not_started("the work queue is not started")
         return self._requeue
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, TimeoutError) as exc:
-            detail = f"{redact_url(self._url)}: {exc or type(exc).__name__}"
-            raise BackendUnavailable(_SERVICE, detail, variable=_VARIABLE) from exc
-        except RedisError as exc:
-            raise StorageError(f"Redis queue operation failed: {exc or type(exc).__name__}") from exc
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self._url, "Redis queue operation")
 
 
 # --- the memory writer's jobs ------------------------------------------------------------------

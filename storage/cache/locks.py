@@ -27,22 +27,17 @@ import math
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.urls import redact_url
-from engine.errors import BackendUnavailable, ConfigError, ConversationBusy, StorageError
+from engine.errors import BackendUnavailable, ConversationBusy, StorageError
 from engine.locks import LocalConversationLocks
+from storage.cache.redis_connection import connect_redis, not_started, redis_errors
 
 logger = logging.getLogger(__name__)
-
-_SERVICE = "Redis"
-_VARIABLE = "REDIS_URL"
 
 # KEYS[1]: the lock; ARGV[1]: our token; ARGV[2]: the new time-to-live in milliseconds.
 _RENEW_SCRIPT = """
@@ -103,24 +98,9 @@ class RedisConversationLocks:
     async def start(self) -> None:
         if self._client is not None:
             return
-        try:
-            client = aioredis.Redis.from_url(
-                self._url,
-                decode_responses=True,
-                socket_connect_timeout=self._connect_timeout_s,
-                socket_timeout=self._op_timeout_s,
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"invalid Redis URL {redact_url(self._url)}: {exc}", variable=_VARIABLE
-            ) from exc
-        try:
-            with self._errors():
-                await client.ping()
-        except BaseException:
-            await client.aclose()
-            raise
+        client = await connect_redis(
+            self._url, connect_timeout_s=self._connect_timeout_s, socket_timeout_s=self._op_timeout_s
+        )
         self._client = client
         self._renew = client.register_script(_RENEW_SCRIPT)
         self._release = client.register_script(_RELEASE_SCRIPT)
@@ -210,23 +190,16 @@ class RedisConversationLocks:
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            raise BackendUnavailable(_SERVICE, "the conversation locks are not started", variable=_VARIABLE)
+            raise not_started("the conversation locks are not started")
         return self._client
 
     def _script(self, script: AsyncScript | None) -> AsyncScript:
         if script is None:
-            raise BackendUnavailable(_SERVICE, "the conversation locks are not started", variable=_VARIABLE)
+            raise not_started("the conversation locks are not started")
         return script
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            detail = f"{redact_url(self._url)}: {exc or type(exc).__name__}"
-            raise BackendUnavailable(_SERVICE, detail, variable=_VARIABLE) from exc
-        except RedisError as exc:
-            raise StorageError(f"Redis lock operation failed: {exc or type(exc).__name__}") from exc
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self._url, "Redis lock operation")
 
 
 def stop_if_cancelled() -> None:

@@ -16,26 +16,20 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.urls import redact_url
-from engine.errors import BackendUnavailable, ConfigError, StorageError
 from storage.cache import check_list_len, check_ttl
+from storage.cache.redis_connection import connect_redis, not_started, redis_errors
 
 logger = logging.getLogger(__name__)
 
-_SERVICE = "Redis"
-_VARIABLE = "REDIS_URL"
 _SCAN_COUNT = 500
 _UNLINK_BATCH = 500
 
@@ -89,25 +83,12 @@ class RedisCache:
     async def start(self) -> None:
         if self._client is not None:
             return
-        try:
-            client = aioredis.Redis.from_url(
-                self._url,
-                decode_responses=True,
-                socket_connect_timeout=self._connect_timeout_s,
-                socket_timeout=self._op_timeout_s,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"invalid Redis URL {redact_url(self._url)}: {exc}", variable=_VARIABLE
-            ) from exc
-        try:
-            with self._errors():
-                await client.ping()
-        except BaseException:
-            await client.aclose()
-            raise
+        client = await connect_redis(
+            self._url,
+            connect_timeout_s=self._connect_timeout_s,
+            socket_timeout_s=self._op_timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        )
         self._client = client
         self._incr = client.register_script(_INCR_SCRIPT)
         logger.info("connected to Redis at %s (key prefix %r)", redact_url(self._url), self._prefix)
@@ -125,18 +106,11 @@ class RedisCache:
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            raise BackendUnavailable(_SERVICE, "the cache is not started", variable=_VARIABLE)
+            raise not_started("the cache is not started")
         return self._client
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            detail = f"{redact_url(self._url)}: {_describe(exc)}"
-            raise BackendUnavailable(_SERVICE, detail, variable=_VARIABLE) from exc
-        except RedisError as exc:
-            raise StorageError(f"Redis operation failed: {_describe(exc)}") from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return redis_errors(self._url)
 
     def _key(self, key: str) -> str:
         return self._prefix + key
@@ -164,7 +138,7 @@ class RedisCache:
         client = self._redis()
         script = self._incr
         if script is None:  # started clients always have it; keeps the type checker honest
-            raise BackendUnavailable(_SERVICE, "the cache is not started", variable=_VARIABLE)
+            raise not_started("the cache is not started")
         with self._errors():
             value = await script(keys=[self._key(key)], args=[ms], client=client)
         return int(value)
@@ -203,8 +177,3 @@ class RedisCache:
             if batch:
                 removed += await client.unlink(*batch)
         return removed
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text

@@ -23,15 +23,6 @@ def unique_prefix() -> str:
     return f"test-locks:{uuid.uuid4().hex}:"
 
 
-@pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(require_redis(), decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(params=["local", "redis"])
 async def make_locks(request: pytest.FixtureRequest) -> AsyncIterator[LockFactory]:
     """Builds started locks; every Redis instance of one test shares a fresh key prefix."""

@@ -42,15 +42,6 @@ async def redis_queue(prefix: str, **options: object) -> RedisWorkQueue[str]:
 
 
 @pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(require_redis(), decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def cleanup(redis_client: aioredis.Redis) -> AsyncIterator[list[str]]:
     """Prefixes whose keys are deleted after the test."""
     prefixes: list[str] = []

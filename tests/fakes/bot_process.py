@@ -1,4 +1,5 @@
-"""``whisperengine run`` as a real child process, pointed at the local fakes.
+"""``whisperengine run`` as a real child process, pointed at the local fakes; other
+``whisperengine`` commands run to their end with :func:`run_cli`.
 
 Usage::
 
@@ -29,26 +30,50 @@ _KEPT = ("PATH", "HOME", "LANG", "TMPDIR", "CI")
 _ERROR_LINE = re.compile(r" (ERROR|CRITICAL) |Traceback")
 
 
-def bot_environment(data_dir: Path, *, discord: Any, llm_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a bot on the fake Discord ``discord`` and the fake LLM at ``llm_url``
-    (its ``/v1`` base), voice off, the web chat off; ``extra`` adds or overrides variables."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def cli_environment(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``whisperengine`` child: this one's PATH, HOME, LANG, TMPDIR and CI,
+    ``DATA_DIR``, the web chat off; ``extra`` adds or overrides variables."""
     kept = {k: v for k, v in os.environ.items() if k in _KEPT}
-    return {
-        **kept,
-        "DATA_DIR": str(data_dir),
-        "WEB_ENABLED": "false",
+    return {**kept, "DATA_DIR": str(data_dir), "WEB_ENABLED": "false", **extra}
+
+
+def bot_environment(data_dir: Path, *, discord: Any = None, llm_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a bot on the fake LLM at ``llm_url`` (its ``/v1`` base) and the fake
+    Discord ``discord`` (None: no Discord), voice off, the web chat off; ``extra`` adds or
+    overrides variables."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    variables = {
         "LLM_BACKEND": "openai",
         "OPENAI_BASE_URL": llm_url,
         "OPENAI_API_KEY": "test-key",
         "LLM_MAX_RETRIES": "0",
         "STT_BACKEND": "off",
         "TTS_BACKENDS": "off",
-        "DISCORD_TOKEN": discord.token,
-        "DISCORD_API_BASE_URL": discord.api_base,
-        "DISCORD_GATEWAY_URL": discord.gateway_url,
-        **extra,
     }
+    if discord is not None:
+        variables |= {
+            "DISCORD_TOKEN": discord.token,
+            "DISCORD_API_BASE_URL": discord.api_base,
+            "DISCORD_GATEWAY_URL": discord.gateway_url,
+        }
+    return cli_environment(data_dir, **(variables | extra))
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], stdin: str = "", timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``whisperengine *args`` to its end, its output captured; run beside ``DATA_DIR``, where a
+    stray .env of the developer's cannot change the settings."""
+    return subprocess.run(
+        [EXE, *args],
+        check=False,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(env["DATA_DIR"]).parent,
+    )
 
 
 class BotProcess:

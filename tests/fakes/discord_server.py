@@ -65,6 +65,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from tests.fakes.faults import Fault, Faults
 from tests.fakes.local_server import LocalServer
 
 DISCORD_EPOCH_MS = 1420070400000
@@ -162,8 +163,7 @@ class FakeDiscord(LocalServer):
         self._unanswered_dms: dict[str, collections.deque[str]] = {}
         self._reply_waiters: dict[str, asyncio.Future[float]] = {}
         self._edit_faults: list[float] = []
-        self._channel_faults: collections.deque[tuple[int, float, str]] = collections.deque()
-        self._channel_fault_forever: tuple[int, float, str] | None = None
+        self._channel_faults = Faults()
         self.faulted: list[RecordedCall] = []
         """Requests answered by a fault of :meth:`fail_channels` / :meth:`hang_channels`."""
         self.refuse_voice_messages = False
@@ -753,33 +753,21 @@ class FakeDiscord(LocalServer):
     def fail_channels(self, status: int = 503, *, times: int | None = None, only: str = "") -> None:
         """The next ``times`` requests on ``/channels/...`` (sending, editing, typing) whose path
         ends with ``only`` answer ``status``; ``times=None``: every one until :meth:`recover`."""
-        self._channel_fault(status, 0.0, times, only)
+        self._channel_faults.add(Fault(status, 0.0, _ends_with(only)), times)
 
     def hang_channels(self, seconds: float, *, times: int | None = None, only: str = "") -> None:
         """Like :meth:`fail_channels`, but the requests hang ``seconds`` and then answer 504
         (nothing is done with them, as when a gateway in front of the API timed out)."""
-        self._channel_fault(504, seconds, times, only)
+        self._channel_faults.add(Fault(504, seconds, _ends_with(only)), times)
 
-    def _channel_fault(self, status: int, hang_s: float, times: int | None, only: str) -> None:
-        if times is None:
-            self._channel_fault_forever = (status, hang_s, only)
-        else:
-            self._channel_faults.extend([(status, hang_s, only)] * times)
-
-    def _take_channel_fault(self, method: str, path: str) -> tuple[int, float] | None:
+    def _take_channel_fault(self, method: str, path: str) -> Fault | None:
         if not path.startswith("/channels/") or method == "GET":
             return None
-        fault = self._channel_faults[0] if self._channel_faults else self._channel_fault_forever
-        if fault is None or not path.endswith(fault[2]):
-            return None
-        if self._channel_faults:
-            self._channel_faults.popleft()
-        return fault[0], fault[1]
+        return self._channel_faults.take(path)
 
     def recover(self) -> None:
         """Undo :meth:`fail_channels` and :meth:`hang_channels`."""
         self._channel_faults.clear()
-        self._channel_fault_forever = None
 
     def rate_limit_edits(self, n: int = 1, retry_after: float = 0.5) -> None:
         """The next ``n`` message edits answer 429 Too Many Requests."""
@@ -828,12 +816,11 @@ class FakeDiscord(LocalServer):
             return self._error(401, "401: Unauthorized")
         fault = self._take_channel_fault(request.method, path)
         if fault is not None:
-            status, hang_s = fault
             self.faulted.append(call)
             await self._notify()
-            if hang_s:
-                await asyncio.sleep(hang_s)
-            return self._error(status, f"{status}: the fake Discord API is failing")
+            if fault.hang_s:
+                await asyncio.sleep(fault.hang_s)
+            return self._error(fault.status, f"{fault.status}: the fake Discord API is failing")
         try:
             response = await self._route(request.method, path.rstrip("/").split("/")[1:], call)
         finally:
@@ -1119,6 +1106,10 @@ class FakeDiscord(LocalServer):
 
 
 # --- WhisperEngine against the fakes ----------------------------------------------------------
+
+
+def _ends_with(only: str) -> Callable[[str], bool]:
+    return lambda path: path.endswith(only)
 
 
 def discord_settings(discord_server: FakeDiscord) -> dict[str, Any]:

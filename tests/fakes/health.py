@@ -1,12 +1,37 @@
-"""Reading ``GET /api/health`` of a running app, for tests of components going down and back."""
+"""Reading ``GET /api/health`` of a running app, and waiting for a background change, for tests of
+components going down and back."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+
+QUICK_BREAKER_SETTINGS: dict[str, Any] = {
+    "web_enabled": True,  # for GET /api/health
+    "web_port": 0,
+    "breaker_failures": 2,
+    "breaker_reset_s": 3.0,  # long enough that a busy machine still sees the circuit open
+    "platform_retries": 1,
+    "platform_backoff_s": 0.05,
+    "platform_timeout_s": 1.0,
+}
+"""Settings for a platform's breaker tests: its circuit opens after two failed calls and lets a
+trial through after three seconds; a call is retried once, quickly, and times out after a second."""
+
+
+async def until(condition: Callable[[], object], what: str = "the condition", limit_s: float = 30.0) -> None:
+    """Wait until ``condition()`` is true, polling; bounded, so a change that never happens fails
+    the test (saying ``what`` it waited for)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"gave up waiting: {what}")
+        await asyncio.sleep(0.05)
 
 
 async def api_health(app: Any) -> dict[str, Any]:

@@ -29,7 +29,6 @@ edits and the ``edits`` history).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import hmac
@@ -45,6 +44,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.faults import Fault, Faults
 from tests.fakes.local_server import LocalServer
 
 Json = dict[str, Any]
@@ -88,8 +88,7 @@ class FakeSlack(LocalServer):
         self.sockets: list[web.WebSocketResponse] = []
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
-        self._faults: collections.deque[tuple[int, float, tuple[str, ...]]] = collections.deque()
-        self._fault_forever: tuple[int, float, tuple[str, ...]] | None = None
+        self._faults = Faults()
         self.faulted: list[str] = []
         """Methods answered by a fault of :meth:`fail_calls` / :meth:`hang_calls`."""
         self._changed = asyncio.Condition()
@@ -271,31 +270,16 @@ class FakeSlack(LocalServer):
     def fail_calls(self, status: int = 503, *, times: int | None = None, only: tuple[str, ...] = ()) -> None:
         """The next ``times`` Web API calls (of the methods ``only``, e.g. ``chat.postMessage``;
         default: all) answer ``status``; ``times=None``: every one until :meth:`recover`."""
-        self._fault(status, 0.0, times, only)
+        self._faults.add(Fault(status, 0.0, _methods(only)), times)
 
     def hang_calls(self, seconds: float, *, times: int | None = None, only: tuple[str, ...] = ()) -> None:
         """Like :meth:`fail_calls`, but the calls hang ``seconds`` and then answer 504 (nothing
         is done with them, as when a proxy in front of the API timed out)."""
-        self._fault(504, seconds, times, only)
-
-    def _fault(self, status: int, hang_s: float, times: int | None, only: tuple[str, ...]) -> None:
-        if times is None:
-            self._fault_forever = (status, hang_s, only)
-        else:
-            self._faults.extend([(status, hang_s, only)] * times)
+        self._faults.add(Fault(504, seconds, _methods(only)), times)
 
     def recover(self) -> None:
         """Undo :meth:`fail_calls` and :meth:`hang_calls`."""
         self._faults.clear()
-        self._fault_forever = None
-
-    def _take_fault(self, method: str) -> tuple[int, float] | None:
-        fault = self._faults[0] if self._faults else self._fault_forever
-        if fault is None or (fault[2] and method not in fault[2]):
-            return None
-        if self._faults:
-            self._faults.popleft()
-        return fault[0], fault[1]
 
     async def _params(self, request: web.Request) -> Json:
         params: Json = dict(request.query)
@@ -311,13 +295,13 @@ class FakeSlack(LocalServer):
         params = await self._params(request)
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else str(params.get("token", ""))
-        fault = self._take_fault(method)
+        fault = self._faults.take(method)
         if fault is not None:
             self.faulted.append(method)
             await self._notify()
-            if fault[1]:
-                await asyncio.sleep(fault[1])
-            return web.json_response({"ok": False, "error": "fatal_error"}, status=fault[0])
+            if fault.hang_s:
+                await asyncio.sleep(fault.hang_s)
+            return web.json_response({"ok": False, "error": "fatal_error"}, status=fault.status)
         self.calls.append((method, params))
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
@@ -413,6 +397,11 @@ class FakeSlack(LocalServer):
         if user is None:
             return {"ok": False, "error": "user_not_found"}
         return {"ok": True, "user": user}
+
+
+def _methods(only: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a fault applies to a method: one of ``only``, or any when ``only`` is empty."""
+    return lambda method: not only or method in only
 
 
 def slack_settings(slack: FakeSlack, *, socket_mode: bool = False) -> dict[str, Any]:

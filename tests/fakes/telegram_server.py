@@ -32,7 +32,6 @@ of every chat, with the text after edits and the ``edits`` history), ``chat_acti
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import json
@@ -46,6 +45,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.faults import Fault, Faults
 from tests.fakes.local_server import LocalServer
 
 Json = dict[str, Any]
@@ -151,8 +151,7 @@ class FakeTelegram(LocalServer):
         self._group_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._file_ids = itertools.count(1)
-        self._faults: collections.deque[tuple[int, float, tuple[str, ...]]] = collections.deque()
-        self._fault_forever: tuple[int, float, tuple[str, ...]] | None = None
+        self._faults = Faults()
         self.faulted: list[str] = []
         """Methods answered by a fault of :meth:`fail_calls` / :meth:`hang_calls`."""
         self._changed = asyncio.Condition()
@@ -294,31 +293,16 @@ class FakeTelegram(LocalServer):
     def fail_calls(self, status: int = 503, *, times: int | None = None, only: tuple[str, ...] = ()) -> None:
         """The next ``times`` Bot API calls (of the methods ``only``; default: all but
         ``getUpdates``) answer ``status``; ``times=None``: every one until :meth:`recover`."""
-        self._fault(status, 0.0, times, only)
+        self._faults.add(Fault(status, 0.0, _methods(only)), times)
 
     def hang_calls(self, seconds: float, *, times: int | None = None, only: tuple[str, ...] = ()) -> None:
         """Like :meth:`fail_calls`, but the calls hang ``seconds`` and then answer 504 (nothing
         is done with them, as when a proxy in front of the API timed out)."""
-        self._fault(504, seconds, times, only)
-
-    def _fault(self, status: int, hang_s: float, times: int | None, only: tuple[str, ...]) -> None:
-        if times is None:
-            self._fault_forever = (status, hang_s, only)
-        else:
-            self._faults.extend([(status, hang_s, only)] * times)
+        self._faults.add(Fault(504, seconds, _methods(only)), times)
 
     def recover(self) -> None:
         """Undo :meth:`fail_calls` and :meth:`hang_calls`."""
         self._faults.clear()
-        self._fault_forever = None
-
-    def _take_fault(self, method: str) -> tuple[int, float] | None:
-        fault = self._faults[0] if self._faults else self._fault_forever
-        if fault is None or (method not in fault[2] if fault[2] else method == "getUpdates"):
-            return None
-        if self._faults:
-            self._faults.popleft()
-        return fault[0], fault[1]
 
     def bot_messages(self, chat: Json | int) -> list[Sent]:
         chat_id = chat if isinstance(chat, int) else chat["id"]
@@ -410,15 +394,15 @@ class FakeTelegram(LocalServer):
             )
         method = request.match_info["method"]
         params = await self._params(request)
-        fault = self._take_fault(method)
+        fault = self._faults.take(method)
         if fault is not None:
             self.faulted.append(method)
             self._notify()
-            if fault[1]:
-                await asyncio.sleep(fault[1])
+            if fault.hang_s:
+                await asyncio.sleep(fault.hang_s)
             return web.json_response(
-                {"ok": False, "error_code": fault[0], "description": "the fake Bot API is failing"},
-                status=fault[0],
+                {"ok": False, "error_code": fault.status, "description": "the fake Bot API is failing"},
+                status=fault.status,
             )
         handler = getattr(self, f"_m_{method}", None)
         self.calls.append((method, params))
@@ -611,6 +595,12 @@ class FakeTelegram(LocalServer):
     async def _m_answerCallbackQuery(self, params: Json) -> bool:
         self.callback_answers.append(params)
         return True
+
+
+def _methods(only: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a fault applies to a method: one of ``only``, or any but ``getUpdates`` (so that
+    messages still come in) when ``only`` is empty."""
+    return lambda method: method in only if only else method != "getUpdates"
 
 
 def llm_settings(llm_base_url: str, data_dir: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from engine.errors import BackendUnavailable, StorageError
 from storage.cache.failover import FailoverCache
 from storage.cache.memory import MemoryCache
 from storage.cache.redis import RedisCache
+from tests.fakes.health import until
 from tests.fakes.private_redis import PrivateRedis
 
 
@@ -20,16 +21,6 @@ from tests.fakes.private_redis import PrivateRedis
 async def redis() -> AsyncIterator[PrivateRedis]:
     async with PrivateRedis() as server:
         yield server
-
-
-async def until(condition: object, what: str, limit_s: float = 15.0) -> None:
-    """Wait for a background switch to happen (bounded, so a broken switch fails the test)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while not condition():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def direct(url: str, prefix: str) -> RedisCache:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,36 +15,18 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.conftest import require_redis
+from tests.fakes.bot_process import EXE, cli_environment, run_cli
 from tests.fakes.llm_server import FakeLLMServer
 
 pytestmark = pytest.mark.slow
 
-EXE = str(Path(sys.executable).with_name("whisperengine"))
 SECRET_KEY = "sk-test-Zq8v3Lr9Xy2Wm5Kp"
 SECRET_TOKEN = "api-token-Hn4Bt7Vc1Qd6"
 ENCRYPTION_KEY = "Zm9yLXRlc3RzLW9ubHktMzItYnl0ZXMtbG9uZy1rZXk="  # Fernet: 32 bytes, url-safe base64
 
 
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "CI")}
-    return {**keep, "DATA_DIR": str(tmp_path / "data"), "WEB_ENABLED": "false", **extra}
-
-
-def run_cli(
-    args: list[str], env: dict[str, str], stdin: str = "", timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    # run where a stray .env of the developer's cannot change the settings
-    cwd = Path(env["DATA_DIR"]).parent
-    return subprocess.run(
-        [EXE, *args],
-        check=False,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
+    return cli_environment(tmp_path / "data", **extra)
 
 
 def free_port() -> int:

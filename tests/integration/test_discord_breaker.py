@@ -17,7 +17,7 @@ import pytest_asyncio
 from bot.discord.client import DiscordAdapter
 from engine.breaker import BreakerState
 from tests.fakes.discord_server import FakeDiscord, Guild, running_whisperengine
-from tests.fakes.health import api_health, wait_health
+from tests.fakes.health import QUICK_BREAKER_SETTINGS, api_health, wait_health
 from tests.fakes.llm_server import FakeLLMServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -44,13 +44,7 @@ async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bot]:
             fake,
             llm.openai_base_url,
             data_dir,
-            web_enabled=True,
-            web_port=0,
-            breaker_failures=2,
-            breaker_reset_s=1.0,
-            platform_retries=1,
-            platform_backoff_s=0.05,
-            platform_timeout_s=1.0,
+            **QUICK_BREAKER_SETTINGS,
         ) as (app, adapter):
             yield Bot(fake, llm, app, adapter, guild)
 

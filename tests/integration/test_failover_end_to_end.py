@@ -5,7 +5,6 @@ what is degraded, and memory writes made meanwhile reach Chroma once it is back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -17,6 +16,7 @@ from config.settings import Settings
 from storage.cache.failover import FailoverCache
 from storage.vector.outbox import DurableVectorMemory
 from tests.fakes.chroma_server import ChromaServer
+from tests.fakes.health import until
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.private_redis import PrivateRedis
 
@@ -30,15 +30,6 @@ MESSAGES = [
     "I am training for a half marathon in the spring",
     "Our old house had a big apple tree in the garden",
 ]
-
-
-async def until(condition: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting: {what}")
-        await asyncio.sleep(0.1)
 
 
 async def chat(session: aiohttp.ClientSession, app: App, text: str) -> dict[str, Any]:

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -36,7 +33,9 @@ from engine.pipeline import NOT_SAVED
 from storage.sql import schema
 from storage.sql.spool import SPOOL_FILE
 from storage.sql.store import SQLConversationStore
+from tests.fakes.bot_process import EXE, bot_environment
 from tests.fakes.chroma_server import ChromaServer
+from tests.fakes.health import until
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.platforms import running_platforms
 from tests.fakes.private_postgres import PrivatePostgres, create_database, free_port, private_postgres
@@ -48,7 +47,6 @@ __all__ = ["private_postgres"]  # the fixture, used by name
 pytestmark = pytest.mark.slow
 
 REPLY = "Thanks, I'll keep that in mind."
-EXE = str(Path(sys.executable).with_name("whisperengine"))
 
 
 @pytest.fixture
@@ -56,14 +54,6 @@ async def pg_url(private_postgres: PrivatePostgres) -> str:
     """A fresh database on the private cluster (started if a test left it stopped)."""
     private_postgres.start()
     return await create_database(private_postgres, "faults")
-
-
-async def wait_until(predicate: Callable[[], bool], within_s: float = 15.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def healthy(app: Any, *components: str, within_s: float = 20.0) -> None:
@@ -148,7 +138,7 @@ async def test_postgres_stopped_mid_conversation_loses_no_message(
         # the replies and memories are written in the background; then the spool drains
         await app.engine.writer.drain()
         await app.engine.relationships.drain()
-        await wait_until(lambda: app.store.pending == 0)
+        await until(lambda: app.store.pending == 0)
         await healthy(app, "store")
 
     messages = await database_rows(pg_url, schema.messages)
@@ -196,11 +186,11 @@ async def test_a_full_spool_refuses_the_message_and_tells_the_user(
         await telegram.wait_for(lambda: telegram.bot_texts(chat)[1:] == [NOT_SAVED])
 
         pg.start()
-        await wait_until(lambda: app.store.pending == 0)
+        await until(lambda: app.store.pending == 0)
         telegram.send_text(chat, kate, "They came from a nursery near Seville.")  # trying again
         await telegram.wait_for(lambda: telegram.bot_texts(chat)[2:] == [REPLY])
         await app.engine.writer.drain()
-        await wait_until(lambda: app.store.pending == 0)
+        await until(lambda: app.store.pending == 0)
 
     rows = [m for m in await database_rows(pg_url, schema.messages) if m["role"] == "user"]
     assert [m["content"] for m in rows] == [
@@ -265,7 +255,7 @@ async def test_redis_chroma_and_postgres_fail_in_turn_and_nothing_is_lost(
         assert telegram.bot_texts(chat) == [REPLY] * len(said), "every message was answered"
         await app.engine.writer.drain()
         await app.engine.relationships.drain()
-        await wait_until(lambda: app.store.pending == 0 and app.vectors.pending == 0, within_s=30)
+        await until(lambda: app.store.pending == 0 and app.vectors.pending == 0, limit_s=30)
         # every memory's vector is in Chroma: those written while it was down came from the outbox,
         # those written while the database was down as well from the spool, then the outbox
         memories = [m for m in await database_rows(pg_url, schema.memories) if m["user_key"] == user_key]
@@ -280,24 +270,6 @@ async def test_redis_chroma_and_postgres_fail_in_turn_and_nothing_is_lost(
 
 
 # --- a real process, killed -------------------------------------------------------------------
-
-
-def bot_env(tmp_path: Path, llm_url: str, database_url: str, web_port: int) -> dict[str, str]:
-    kept = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "CI")}
-    return {
-        **kept,
-        "DATA_DIR": str(tmp_path / "data"),
-        "DATABASE_URL": database_url,
-        "LLM_BACKEND": "openai",
-        "OPENAI_BASE_URL": llm_url,
-        "OPENAI_API_KEY": "test-key",
-        "LLM_MAX_RETRIES": "0",
-        "STT_BACKEND": "off",
-        "TTS_BACKENDS": "off",
-        "WEB_ENABLED": "true",
-        "WEB_PORT": str(web_port),
-        "STORE_SPOOL_REPLAY_INTERVAL_S": "0.2",
-    }
 
 
 def start_bot(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -362,7 +334,14 @@ async def test_sigkill_right_after_a_reply_loses_no_acknowledged_message(
     port = free_port()
     log_path = tmp_path / "bot.log"
     async with FakeLLMServer(reply=REPLY) as llm:
-        env = bot_env(tmp_path, llm.openai_base_url, pg_url, port)
+        env = bot_environment(
+            tmp_path / "data",
+            llm_url=llm.openai_base_url,
+            DATABASE_URL=pg_url,
+            WEB_ENABLED="true",
+            WEB_PORT=str(port),
+            STORE_SPOOL_REPLAY_INTERVAL_S="0.2",
+        )
         bot = start_bot(env, log_path)
         try:
             await wait_for_web(port, bot, log_path)

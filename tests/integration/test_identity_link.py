@@ -13,13 +13,12 @@ and an account may try only a few.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
-import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from config.settings import PACKAGED_PERSONAS
@@ -32,45 +31,13 @@ from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine
 from engine.ports import Cache
 from engine.relationship import RELATIONSHIP_SETTING
-from storage.cache.memory import MemoryCache
-from storage.cache.redis import RedisCache
 from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
-from tests.conftest import fresh_postgres_database, require_redis
+from tests.integration.conftest import cache_entries, started_store
 
 DISCORD, TELEGRAM = "discord:5150", "telegram:7007"
 SLACK, WEB = "slack:U42", "web:visitor"
 WORDS = ("gravelbike", "glassblower", "ilseutrecht", "lapsangtea")
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with fresh_postgres_database("we_test_link") as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/link.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
-    if request.param == "memory":
-        memory = MemoryCache()
-        await memory.start()
-        yield memory
-        await memory.aclose()
-        return
-    redis_cache = RedisCache(require_redis(), prefix=f"we-test-link-{uuid4().hex[:12]}:")
-    await redis_cache.start()
-    try:
-        yield redis_cache
-    finally:
-        await redis_cache.delete_prefix("")
-        await redis_cache.aclose()
 
 
 @dataclass(slots=True)
@@ -104,50 +71,44 @@ class Kit:
 
 
 async def make_kit(sql_url: str, cache: Cache, tmp_path: Path, **linker: float) -> AsyncIterator[Kit]:
-    store = SQLConversationStore(sql_url)
-    await store.start()
-    vectors = ChromaVectorMemory.embedded(tmp_path / "chroma", collection_prefix=f"l{uuid4().hex[:8]}")
-    await vectors.start()
-    embedder = FakeEmbedder()
+    async with started_store(sql_url) as store:
+        vectors = ChromaVectorMemory.embedded(tmp_path / "chroma", collection_prefix=f"l{uuid4().hex[:8]}")
+        await vectors.start()
+        embedder = FakeEmbedder()
 
-    def echo(messages: list[ChatMessage]) -> str:
-        return "Noted."
+        def echo(messages: list[ChatMessage]) -> str:
+            return "Noted."
 
-    identity = IdentityLinker(store, cache, vectors, embedder, **linker)
-    llm = FakeLLM(echo)
-    engine = Engine(
-        llm=llm,
-        store=store,
-        cache=cache,
-        personas=PersonaSelector(PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember"), store),
-        recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.05, keywords=store),
-        writer=MemoryWriter(store, vectors, embedder),
-        bot_name="Ember",
-        identity=identity,
-    )
-    await engine.start()
-    try:
-        yield Kit(engine, llm, store, cache, vectors, embedder, identity)
-    finally:
-        await engine.aclose()
-        await vectors.aclose()
-        if store.kind == "postgresql":  # the database is shared by this module's tests
-            async with store.engine.begin() as conn:
-                for table in ("messages", "memories", "settings", "users"):
-                    await conn.execute(sa.text(f"DELETE FROM {table}"))
-        await store.aclose()
+        identity = IdentityLinker(store, cache, vectors, embedder, **linker)
+        llm = FakeLLM(echo)
+        engine = Engine(
+            llm=llm,
+            store=store,
+            cache=cache,
+            personas=PersonaSelector(PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember"), store),
+            recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.05, keywords=store),
+            writer=MemoryWriter(store, vectors, embedder),
+            bot_name="Ember",
+            identity=identity,
+        )
+        await engine.start()
+        try:
+            yield Kit(engine, llm, store, cache, vectors, embedder, identity)
+        finally:
+            await engine.aclose()
+            await vectors.aclose()
 
 
 @pytest.fixture
-async def kit(sql_url: str, cache: Cache, tmp_path: Path) -> AsyncIterator[Kit]:
-    async for made in make_kit(sql_url, cache, tmp_path):
+async def kit(sql_url: str, any_cache: Cache, tmp_path: Path) -> AsyncIterator[Kit]:
+    async for made in make_kit(sql_url, any_cache, tmp_path):
         yield made
 
 
 @pytest.fixture
-async def sqlite_kit(cache: Cache, tmp_path: Path) -> AsyncIterator[Kit]:
+async def sqlite_kit(any_cache: Cache, tmp_path: Path) -> AsyncIterator[Kit]:
     """For the rules about codes, which live in the cache: SQLite and both caches."""
-    async for made in make_kit(f"sqlite:///{tmp_path}/codes.db", cache, tmp_path, code_ttl_s=0.3):
+    async for made in make_kit(f"sqlite:///{tmp_path}/codes.db", any_cache, tmp_path, code_ttl_s=0.3):
         yield made
 
 
@@ -163,24 +124,6 @@ async def dana_on_two_platforms(kit: Kit) -> None:
 async def link(kit: Kit, canonical: str, other: str) -> LinkResult:
     issued = await kit.engine.start_link(canonical)
     return await kit.engine.link_accounts(other, issued.code)
-
-
-async def cache_contents(cache: Cache) -> list[str]:
-    """Every key and string value in the cache (a test may look inside)."""
-    if isinstance(cache, MemoryCache):
-        entries = cache._entries
-        return [*entries, *(e.value for e in entries.values() if isinstance(e.value, str))]
-    assert isinstance(cache, RedisCache)
-    client = aioredis.Redis.from_url(require_redis(), decode_responses=True)
-    found: list[str] = []
-    try:
-        async for key in client.scan_iter(match=f"{cache.prefix}*"):
-            found.append(key)
-            if await client.type(key) == "string":
-                found.append(await client.get(key) or "")
-    finally:
-        await client.aclose()
-    return found
 
 
 async def memory_ids(kit: Kit, user_key: str) -> set[str]:
@@ -256,7 +199,7 @@ async def test_forget_after_linking_erases_both_accounts(kit: Kit) -> None:
     removed = await kit.engine.forget_user(TELEGRAM)  # from the account that was merged
 
     assert removed > 0
-    assert not [e for e in await cache_contents(kit.cache) if "5150" in e or "7007" in e]
+    assert not [e for e in await cache_entries(kit.cache) if "5150" in e or "7007" in e]
     for account in (DISCORD, TELEGRAM):
         assert await kit.store.get_user(account) is None
         assert await kit.store.user_messages(account) == []

@@ -8,7 +8,7 @@ real ``openai`` client (``inference/openai_chat.py``) against the local fake LLM
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +16,6 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-import sqlalchemy as sa
 
 from engine.compaction import SUMMARY_KIND, WATERMARK_PREFIX, CompactionPolicy, SessionCompactor
 from engine.errors import LLMError
@@ -31,26 +30,13 @@ from inference.minilm import MiniLMEmbedder
 from inference.openai_chat import OpenAIChat
 from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
-from tests.conftest import fresh_postgres_database
 from tests.fakes.llm_server import FakeLLMServer
+from tests.integration.conftest import started_store
 
 NOW = datetime(2024, 6, 10, 12, 0, tzinfo=UTC)
 ALICE, BOB = "test:alice", "test:bob"
 CONVERSATION = "test:c1"
 SOURDOUGH = "busy weekend: a long walk with the dog, groceries, and I bake sourdough bread every Sunday"
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with fresh_postgres_database("we_test_memory_jobs") as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    return str(request.getfixturevalue("pg_url"))
 
 
 @dataclass(slots=True)
@@ -63,22 +49,16 @@ class Kit:
 
 @pytest.fixture
 async def kit(sql_url: str, tmp_path: Path) -> AsyncIterator[Kit]:
-    store = SQLConversationStore(sql_url)
-    await store.start()
-    vectors = ChromaVectorMemory.embedded(tmp_path / "chroma", collection_prefix=f"j{uuid4().hex[:8]}")
-    await vectors.start()
-    embedder = MiniLMEmbedder()
-    await embedder.start()
-    try:
-        yield Kit(store, vectors, embedder, MemoryWriter(store, vectors, embedder))
-    finally:
-        await embedder.aclose()
-        await vectors.aclose()
-        if store.kind == "postgresql":  # the database is shared by this module's tests
-            async with store.engine.begin() as conn:
-                for table in ("messages", "memories", "settings", "users"):
-                    await conn.execute(sa.text(f"DELETE FROM {table}"))
-        await store.aclose()
+    async with started_store(sql_url) as store:
+        vectors = ChromaVectorMemory.embedded(tmp_path / "chroma", collection_prefix=f"j{uuid4().hex[:8]}")
+        await vectors.start()
+        embedder = MiniLMEmbedder()
+        await embedder.start()
+        try:
+            yield Kit(store, vectors, embedder, MemoryWriter(store, vectors, embedder))
+        finally:
+            await embedder.aclose()
+            await vectors.aclose()
 
 
 def turn(

@@ -8,8 +8,6 @@ import gzip
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -39,6 +37,7 @@ from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
 from storage.vector.outbox import encode_items
 from tests.conftest import fresh_postgres_database
+from tests.fakes.bot_process import cli_environment, run_cli
 from tests.fakes.chroma_server import ChromaServer
 
 T0 = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
@@ -518,26 +517,8 @@ async def test_a_foreign_file_or_another_format_version_is_rejected(
 
 # --- the command line -------------------------------------------------------------------------------
 
-EXE = str(Path(sys.executable).with_name("whisperengine"))
 SECRET_KEY = "sk-portability-Qm7Yt2Vb9Wx4"
 DISCORD_SECRET = "discord-token-Lp3Nc8Hd5Rk1"
-
-
-def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "CI")}
-    return {**keep, "DATA_DIR": str(data_dir), "WEB_ENABLED": "false", **extra}
-
-
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [EXE, *args],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(env["DATA_DIR"]).parent,
-    )
 
 
 @pytest.mark.slow
@@ -555,7 +536,7 @@ async def test_the_cli_backs_up_without_secrets_and_restores(tmp_path: Path) -> 
         stored_secret = "xoxb-stored-Gh5Jk8Lm2"
         await SecretStore(store, encryption_key).set("SLACK_BOT_TOKEN", stored_secret)
         before = await dump_tables(store)
-    env = cli_env(
+    env = cli_environment(
         data_dir,
         OPENAI_API_KEY=SECRET_KEY,
         DISCORD_TOKEN=DISCORD_SECRET,
@@ -579,7 +560,7 @@ async def test_the_cli_backs_up_without_secrets_and_restores(tmp_path: Path) -> 
     assert "OPENAI_API_KEY" not in settings_doc["settings"]
 
     restored_dir = tmp_path / "restored"
-    restored_env = cli_env(restored_dir)
+    restored_env = cli_environment(restored_dir)
     result = run_cli(["restore", str(archive)], restored_env)
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stderr and "done table memories: 6" in result.stderr
@@ -603,7 +584,7 @@ async def test_the_cli_rejects_a_corrupt_archive_in_one_line_without_creating_an
     raw_archive[len(raw_archive) // 3] ^= 0x40
     archive.write_bytes(bytes(raw_archive))
     empty_dir = tmp_path / "empty"
-    result = run_cli(["restore", str(archive)], cli_env(empty_dir))
+    result = run_cli(["restore", str(archive)], cli_environment(empty_dir))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a usable WhisperEngine backup" in lines[0], result.stderr
@@ -618,7 +599,7 @@ async def test_the_cli_migrates_sqlite_to_postgres_and_says_redis_has_nothing_to
         await fill(store)
         before = await dump_tables(store)
     with fresh_postgres_database("we_portability_cli") as pg_url:
-        env = cli_env(data_dir, REDIS_URL="redis://127.0.0.1:6379/0")
+        env = cli_environment(data_dir, REDIS_URL="redis://127.0.0.1:6379/0")
         result = run_cli(["migrate", "--to", pg_url, "--batch-size", "5"], env)
         assert result.returncode == 0, result.stderr
         assert "Redis holds only short-lived state" in result.stderr
@@ -643,7 +624,7 @@ async def test_the_cli_migrates_back_from_services_to_the_embedded_defaults(tmp_
             await fill(store, remote)
             before = await dump_tables(store)
             home = tmp_path / "embedded"
-            env = cli_env(tmp_path / "data", DATABASE_URL=pg_url, CHROMA_URL=server.url)
+            env = cli_environment(tmp_path / "data", DATABASE_URL=pg_url, CHROMA_URL=server.url)
             target = ["--to", f"sqlite:///{home}/whisperengine.db", "--chroma-path", str(home / "chroma")]
             result = run_cli(["migrate", *target], env)
             assert result.returncode == 0, result.stderr

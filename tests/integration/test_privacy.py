@@ -12,7 +12,7 @@ while B's data is intact.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +20,6 @@ from uuid import uuid4
 
 import chromadb
 import pytest
-import redis.asyncio as aioredis
 import sqlalchemy as sa
 from chromadb.config import Settings
 
@@ -32,11 +31,9 @@ from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine
 from engine.ports import Cache
 from engine.relationship import RELATIONSHIP_SETTING
-from storage.cache.memory import MemoryCache
-from storage.cache.redis import RedisCache
 from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
-from tests.conftest import fresh_postgres_database, require_redis
+from tests.integration.conftest import cache_entries, started_store
 
 T = TypeVar("T")
 
@@ -51,13 +48,6 @@ A_NEEDLES = (A_ID, A_NAME, A_PREFERRED, *A_WORDS)
 B_NEEDLES = (B_ID, B_NAME, *B_WORDS)
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, dropped afterwards."""
-    with fresh_postgres_database("we_test_privacy") as url:
-        yield url
-
-
 @dataclass(slots=True)
 class Kit:
     engine: Engine
@@ -67,62 +57,32 @@ class Kit:
     chroma_path: Path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/privacy.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
-    if request.param == "memory":
-        memory = MemoryCache()
-        await memory.start()
-        yield memory
-        await memory.aclose()
-        return
-    redis_cache = RedisCache(require_redis(), prefix=f"we-test-privacy-{uuid4().hex[:12]}:")
-    await redis_cache.start()
-    try:
-        yield redis_cache
-    finally:
-        await redis_cache.delete_prefix("")
-        await redis_cache.aclose()
-
-
 @pytest.fixture
-async def kit(sql_url: str, cache: Cache, tmp_path: Path) -> AsyncIterator[Kit]:
-    store = SQLConversationStore(sql_url)
-    await store.start()
-    chroma_path = tmp_path / "chroma"
-    vectors = ChromaVectorMemory.embedded(chroma_path, collection_prefix=f"p{uuid4().hex[:8]}")
-    await vectors.start()
-    embedder = FakeEmbedder()
+async def kit(sql_url: str, any_cache: Cache, tmp_path: Path) -> AsyncIterator[Kit]:
+    async with started_store(sql_url) as store:
+        chroma_path = tmp_path / "chroma"
+        vectors = ChromaVectorMemory.embedded(chroma_path, collection_prefix=f"p{uuid4().hex[:8]}")
+        await vectors.start()
+        embedder = FakeEmbedder()
 
-    def echo(messages: list[ChatMessage]) -> str:
-        return f"You said: {messages[-1].content}"
+        def echo(messages: list[ChatMessage]) -> str:
+            return f"You said: {messages[-1].content}"
 
-    engine = Engine(
-        llm=FakeLLM(echo),
-        store=store,
-        cache=cache,
-        personas=PersonaSelector(PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember"), store),
-        recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.2, keywords=store),
-        writer=MemoryWriter(store, vectors, embedder, queue_size=8),
-        bot_name="Ember",
-    )
-    await engine.start()
-    try:
-        yield Kit(engine, store, cache, vectors, chroma_path)
-    finally:
-        await engine.aclose()
-        await vectors.aclose()
-        if store.kind == "postgresql":  # the database is shared by this module's tests
-            async with store.engine.begin() as conn:
-                for table in ("messages", "memories", "settings", "users"):
-                    await conn.execute(sa.text(f"DELETE FROM {table}"))
-        await store.aclose()
+        engine = Engine(
+            llm=FakeLLM(echo),
+            store=store,
+            cache=any_cache,
+            personas=PersonaSelector(PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember"), store),
+            recall=MemoryRecall(vectors, embedder, top_k=5, min_similarity=0.2, keywords=store),
+            writer=MemoryWriter(store, vectors, embedder, queue_size=8),
+            bot_name="Ember",
+        )
+        await engine.start()
+        try:
+            yield Kit(engine, store, any_cache, vectors, chroma_path)
+        finally:
+            await engine.aclose()
+            await vectors.aclose()
 
 
 def _dm(text: str, user_id: str, name: str) -> UniversalMessage:
@@ -185,34 +145,6 @@ async def _sql_rows(store: SQLConversationStore) -> dict[str, list[str]]:
     return found
 
 
-async def _cache_entries(cache: Cache) -> list[str]:
-    """Every key and value of the cache."""
-    if isinstance(cache, MemoryCache):
-        entries = cache._entries  # a test may look inside: the whole cache is this dict
-        out = list(entries)
-        for entry in entries.values():
-            out.extend([entry.value] if isinstance(entry.value, str) else entry.value)
-        return out
-    assert isinstance(cache, RedisCache)
-    client = aioredis.Redis.from_url(require_redis(), decode_responses=True)
-    out: list[str] = []
-    try:
-        async for key in client.scan_iter(match=f"{cache.prefix}*"):
-            kind = await client.type(key)
-            out.append(key)
-            if kind == "string":
-                out.append(await client.get(key) or "")
-            elif kind == "list":
-                out.extend(await client.lrange(key, 0, -1))
-            elif kind == "hash":
-                out.extend(f"{k}={v}" for k, v in (await client.hgetall(key)).items())
-            else:
-                out.append(f"<{kind}>")
-    finally:
-        await client.aclose()
-    return out
-
-
 def _chroma_items(path: Path) -> dict[str, list[str]]:
     """Every document and metadata of every collection on disk, read by a fresh client."""
     client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
@@ -255,7 +187,7 @@ async def test_export_then_forget_leaves_nothing_of_the_user(kit: Kit) -> None:
 
     # before forgetting, the scans do see A (so an empty scan later means something)
     assert _mentions([t for rows in (await _sql_rows(store)).values() for t in rows], A_NEEDLES)
-    assert _mentions(await _cache_entries(cache), A_NEEDLES)
+    assert _mentions(await cache_entries(cache), A_NEEDLES)
     assert await kit.vectors.count(A_KEY) > 0
 
     b_before = await engine.export_user(B_KEY)
@@ -269,7 +201,7 @@ async def test_export_then_forget_leaves_nothing_of_the_user(kit: Kit) -> None:
     leftovers = {table: _mentions(texts, A_NEEDLES) for table, texts in rows.items()}
     assert all(not found for found in leftovers.values()), leftovers
     assert _mentions(rows["messages"], B_WORDS)  # B's messages are still there
-    assert _mentions(await _cache_entries(cache), A_NEEDLES) == []
+    assert _mentions(await cache_entries(cache), A_NEEDLES) == []
     assert await kit.vectors.count(A_KEY) == 0
     assert await kit.vectors.count(B_KEY) == b_vectors
     assert await store.get_user(A_KEY) is None

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from adapters.slack.adapter import SlackAdapter
 from engine.breaker import BreakerState
-from tests.fakes.health import LogWatch, api_health, wait_health
+from tests.fakes.health import QUICK_BREAKER_SETTINGS, LogWatch, api_health, wait_health
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.slack_server import FakeSlack, running_slack
 
@@ -45,13 +45,7 @@ async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bot]:
             slack,
             llm.openai_base_url,
             data_dir,
-            web_enabled=True,
-            web_port=0,
-            breaker_failures=2,
-            breaker_reset_s=1.0,
-            platform_retries=1,
-            platform_backoff_s=0.05,
-            platform_timeout_s=1.0,
+            **QUICK_BREAKER_SETTINGS,
         ) as (app, adapter):
             yield Bot(slack, app, adapter)
 

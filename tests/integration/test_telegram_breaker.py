@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from adapters.telegram.adapter import TelegramAdapter
 from engine.breaker import BreakerState
-from tests.fakes.health import LogWatch, api_health, wait_health
+from tests.fakes.health import QUICK_BREAKER_SETTINGS, LogWatch, api_health, wait_health
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.telegram_server import FakeTelegram, running_telegram
 
@@ -40,13 +40,7 @@ async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bot]:
             tg,
             llm.openai_base_url,
             data_dir,
-            web_enabled=True,
-            web_port=0,
-            breaker_failures=2,
-            breaker_reset_s=1.0,
-            platform_retries=1,
-            platform_backoff_s=0.05,
-            platform_timeout_s=1.0,
+            **QUICK_BREAKER_SETTINGS,
         ) as (app, adapter):
             yield Bot(tg, llm, app, adapter)
 

@@ -18,6 +18,7 @@ from storage.vector.chroma import ChromaVectorMemory
 from storage.vector.outbox import DurableVectorMemory
 from tests.conftest import fresh_postgres_database
 from tests.fakes.chroma_server import ChromaServer
+from tests.fakes.health import until
 
 DIM = 8
 
@@ -59,15 +60,6 @@ async def outbox_rows(store: SQLConversationStore) -> list[tuple[str, str, list[
     async with store.engine.connect() as conn:
         rows = await conn.execute(sa.select(vector_outbox).order_by(vector_outbox.c.id))
         return [(r.scope, r.op, list(r.payload.get("ids", []))) for r in rows]
-
-
-async def until(condition: object, what: str, limit_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while not condition():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_writes_wait_in_the_database_while_chroma_is_down_and_replay_in_order(
