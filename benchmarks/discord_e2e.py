@@ -176,6 +176,7 @@ async def whisperengine_bot(endpoints: dict[str, Any], data_dir: Path) -> Any:
         data_dir=data_dir,
         web_enabled=False,
         rate_limit_messages=0,
+        memory_use_llm="off",  # the fake LLM's canned answers hold no facts to extract
         discord_token=endpoints["token"],
         discord_api_base_url=endpoints["api"],
         discord_gateway_url=endpoints["gateway"],

@@ -335,6 +335,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "REDIS_PREFIX": prefix,
             "CHROMA_URL": chroma.url,
             "RATE_LIMIT_MESSAGES": "0",
+            "MEMORY_USE_LLM": "off",  # the fake LLM's canned answers hold no facts to extract
             "DISCORD_SYNC_COMMANDS": "false",
             "LOG_LEVEL": "WARNING",
         }

@@ -267,6 +267,7 @@ def settings_fields(llm_url: str, data_dir: Path, **overrides: Any) -> dict[str,
         "llm_model": "fake-model",
         "llm_max_retries": 0,
         "rate_limit_messages": 0,
+        "memory_use_llm": "off",  # the fake LLM's canned answers hold no facts to extract
         "web_enabled": False,
         "persona_dir": str(data_dir / "personas"),
     }
