@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -29,6 +29,44 @@ from engine.errors import WhisperEngineError
 logger = logging.getLogger(__name__)
 
 H = TypeVar("H")
+
+
+class ActivityIndicator:
+    """Shows an activity ("typing…") from ``start()`` until ``stop()``: ``show()`` is called every
+    ``every_s`` (platforms let the indicator fade after a few seconds). One of ``errors`` from
+    ``show`` ends it quietly, logged at debug level: an indicator is never worth an error."""
+
+    def __init__(
+        self,
+        show: Callable[[], Awaitable[object]],
+        *,
+        every_s: float,
+        errors: tuple[type[BaseException], ...],
+        name: str,
+    ) -> None:
+        self._show = show
+        self._every_s = every_s
+        self._errors = errors
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._show()
+            except self._errors as exc:
+                logger.debug("%s failed: %s", self._name, exc)
+                return
+            await asyncio.sleep(self._every_s)
 
 
 class MessageSink(Protocol[H]):

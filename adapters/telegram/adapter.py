@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hmac
 import logging
 import math
@@ -60,7 +61,7 @@ from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
 from adapters.guard import PlatformGuard
-from adapters.streaming import StreamRenderer
+from adapters.streaming import ActivityIndicator, StreamRenderer
 from adapters.textsplit import split_text, utf16_len
 from engine.checkins import CheckinScheduler
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
@@ -188,33 +189,16 @@ async def telegram_call(call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class ChatActionLoop:
+class ChatActionLoop(ActivityIndicator):
     """Shows a chat action ("typing…", "recording voice…") until ``stop()``."""
 
     def __init__(self, bot: Bot, chat_id: int, thread: int | None, action: str) -> None:
-        self._bot = bot
-        self._chat_id = chat_id
-        self._thread = thread
-        self._action = action
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="telegram-chat-action")
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._bot.send_chat_action(self._chat_id, self._action, message_thread_id=self._thread)
-            except TelegramError as exc:
-                logger.debug("chat action failed in %s: %s", self._chat_id, exc)
-                return
-            await asyncio.sleep(CHAT_ACTION_REPEAT_S)
+        super().__init__(
+            functools.partial(bot.send_chat_action, chat_id, action, message_thread_id=thread),
+            every_s=CHAT_ACTION_REPEAT_S,
+            errors=(TelegramError,),
+            name=f"telegram-chat-action in {chat_id}",
+        )
 
 
 class TelegramSink:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 import discord
 
+from adapters.streaming import ActivityIndicator
 from adapters.textsplit import split_message
 from engine.errors import WhisperEngineError
 
@@ -37,30 +38,16 @@ MAX_EDIT_FAILURES = 3
 Continuation = Callable[[discord.Message], Awaitable[discord.abc.Messageable]]
 
 
-class Typing:
+class Typing(ActivityIndicator):
     """Shows "typing…" in a channel from ``start()`` until ``stop()`` (Discord shows it 10 s)."""
 
     def __init__(self, channel: discord.abc.Messageable) -> None:
-        self._channel = channel
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="discord-typing")
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._channel.typing()
-            except (discord.HTTPException, aiohttp.ClientError, OSError, WhisperEngineError) as exc:
-                logger.debug("typing indicator failed: %s", exc)
-                return
-            await asyncio.sleep(TYPING_REPEAT_S)
+        super().__init__(
+            channel.typing,
+            every_s=TYPING_REPEAT_S,
+            errors=(discord.HTTPException, aiohttp.ClientError, OSError, WhisperEngineError),
+            name="discord-typing",
+        )
 
 
 @dataclass(slots=True)
