@@ -17,11 +17,10 @@ import openai
 from openai import AsyncOpenAI, omit
 from openai.types.chat import ChatCompletionMessageParam
 
-from config.urls import OFFICIAL_OPENAI_API, redact_url
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
 from inference import llm_error
-from inference.openai_client import openai_client
+from inference.openai_client import OpenAIEndpoint, describe_openai_error
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +29,13 @@ class OpenAIChat:
     """An OpenAI (or compatible: vLLM, LM Studio, llama.cpp server, ...) chat model."""
 
     def __init__(self, base_url: str | None, api_key: str, model: str, timeout_s: float) -> None:
-        self._base_url = base_url.rstrip("/") if base_url else None
-        self._api_key = api_key
+        self._endpoint = OpenAIEndpoint(
+            api_key=api_key, base_url=base_url, timeout_s=timeout_s, max_retries=0, purpose="the OpenAI API"
+        )
         self._model = model
-        self._timeout_s = timeout_s
-        self._client: AsyncOpenAI | None = None
         # The official API wants ``max_completion_tokens`` (``max_tokens`` is refused by its
         # reasoning models); compatible servers commonly know only ``max_tokens``.
-        self._official = self._base_url is None or self._base_url.startswith(
-            OFFICIAL_OPENAI_API.removesuffix("/v1")
-        )
+        self._official = self._endpoint.official
 
     def __repr__(self) -> str:
         return f"OpenAIChat(base_url={self._where!r}, model={self._model!r})"
@@ -50,26 +46,16 @@ class OpenAIChat:
 
     @property
     def _where(self) -> str:
-        return redact_url(self._base_url or OFFICIAL_OPENAI_API)
+        return self._endpoint.where
 
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._client is not None:
-            return
-        self._client = openai_client(
-            api_key=self._api_key,
-            base_url=self._base_url,
-            timeout_s=self._timeout_s,
-            max_retries=0,
-            purpose="the OpenAI API",
-        )
-        logger.info("OpenAI chat backend: %s at %s", self._model, self._where)
+        if self._endpoint.open():
+            logger.info("OpenAI chat backend: %s at %s", self._model, self._where)
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        await self._endpoint.close()
 
     async def ping(self) -> None:
         """Lists the models: checks the address and the key with one cheap request."""
@@ -122,16 +108,18 @@ class OpenAIChat:
     # --- internals ----------------------------------------------------------------------
 
     def _message(self, exc: openai.APIError) -> str:
-        return _describe(exc, self._api_key)
+        return describe_openai_error(exc, self._endpoint.api_key)
 
     def _require_client(self) -> AsyncOpenAI:
-        if self._client is None:
+        if self._endpoint.client is None:
             raise LLMError(f"{self.name} is not started")
-        return self._client
+        return self._endpoint.client
 
     def _convert(self, exc: openai.APIError, produced: bool) -> Exception:
         if isinstance(exc, openai.APITimeoutError):
-            return LLMTimeout(f"{self.name}: no answer from {self._where} within {self._timeout_s:g}s")
+            return LLMTimeout(
+                f"{self.name}: no answer from {self._where} within {self._endpoint.timeout_s:g}s"
+            )
         if isinstance(exc, openai.APIConnectionError):
             if produced:
                 return LLMError(f"{self.name}: connection to {self._where} lost mid-reply")
@@ -144,14 +132,3 @@ class OpenAIChat:
                 f"{self.name}: HTTP {exc.status_code}: {self._message(exc)}{hint}", status=exc.status_code
             )
         return LLMError(f"{self.name}: {self._message(exc)}")
-
-
-def _describe(exc: openai.APIError, secret: str) -> str:
-    """The error's message (with its cause when the SDK's own text is generic), never the key."""
-    text = exc.message if isinstance(exc.message, str) else str(exc)
-    cause = exc.__cause__
-    if isinstance(exc, openai.APIConnectionError) and cause is not None and str(cause):
-        text = f"{text} ({type(cause).__name__}: {cause})"
-    if len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return text

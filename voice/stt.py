@@ -13,15 +13,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.urls import OFFICIAL_OPENAI_API, redact_url
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
 from engine.ports import Transcript
+from inference.openai_client import OpenAIEndpoint, describe_openai_error
 from voice.audio import AudioLimits, DecodedAudio, check_size, decode
 from voice.workers import WorkerPool
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
-    from openai import AsyncOpenAI
 
 logger = logging.getLogger(__name__)
 
@@ -214,16 +213,19 @@ class OpenAISTT:
         workers: int = 4,
         queue_size: int = 16,
     ) -> None:
-        self._api_key = api_key
-        self._base_url = base_url.rstrip("/") if base_url else None
+        self._endpoint = OpenAIEndpoint(
+            api_key=api_key,
+            base_url=base_url,
+            timeout_s=timeout_s,
+            max_retries=1,
+            purpose="OpenAI speech-to-text",
+        )
         self._model = model
         self._language = language or None
         self._limits = limits or AudioLimits()
-        self._timeout_s = timeout_s
         self._pool = WorkerPool(
             "speech-to-text (OpenAI)", workers=workers, queue_size=queue_size, variable="VOICE_QUEUE_SIZE"
         )
-        self._client: AsyncOpenAI | None = None
 
     def __repr__(self) -> str:
         return f"OpenAISTT(base_url={self._where!r}, model={self._model!r})"
@@ -234,32 +236,20 @@ class OpenAISTT:
 
     @property
     def _where(self) -> str:
-        return redact_url(self._base_url or OFFICIAL_OPENAI_API)
+        return self._endpoint.where
 
     async def start(self) -> None:
-        if self._client is not None:
-            return
-        from inference.openai_client import openai_client
-
-        self._client = openai_client(
-            api_key=self._api_key,
-            base_url=self._base_url,
-            timeout_s=self._timeout_s,
-            max_retries=1,
-            purpose="OpenAI speech-to-text",
-        )
-        logger.info("speech-to-text: OpenAI %s at %s", self._model, self._where)
+        if self._endpoint.open():
+            logger.info("speech-to-text: OpenAI %s at %s", self._model, self._where)
 
     async def aclose(self) -> None:
         self._pool.close()
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        await self._endpoint.close()
 
     async def transcribe(self, audio: bytes, *, content_type: str = "") -> Transcript:
         import openai
 
-        client = self._client
+        client = self._endpoint.client
         if client is None:
             raise BackendUnavailable(self.name, "not started")
         check_size(audio, self._limits)
@@ -287,7 +277,7 @@ class OpenAISTT:
         import openai
 
         service = f"OpenAI speech-to-text at {self._where}"
-        message = describe_openai_error(exc, self._api_key)
+        message = describe_openai_error(exc, self._endpoint.api_key)
         if isinstance(exc, openai.APIStatusError):
             if exc.status_code in (400, 413, 415, 422):
                 logger.warning("%s refused the audio: HTTP %d: %s", service, exc.status_code, message)
@@ -295,14 +285,3 @@ class OpenAISTT:
             variable = "OPENAI_API_KEY" if exc.status_code in (401, 403) else "OPENAI_BASE_URL"
             return BackendUnavailable(service, f"HTTP {exc.status_code}: {message}", variable=variable)
         return BackendUnavailable(service, message, variable="OPENAI_BASE_URL")
-
-
-def describe_openai_error(exc: Exception, secret: str) -> str:
-    """The error's message (with its cause for connection errors), never the key."""
-    text = str(getattr(exc, "message", "") or exc)
-    cause = exc.__cause__
-    if cause is not None and str(cause) and type(exc).__name__.startswith("APIConnection"):
-        text = f"{text} ({type(cause).__name__}: {cause})"
-    if len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return text

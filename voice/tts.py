@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from config.urls import OFFICIAL_OPENAI_API, redact_url
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
 from engine.ports import SpeechAudio
+from inference.openai_client import OpenAIEndpoint, describe_openai_error
 from voice.audio import read_wav, speech_audio
 from voice.workers import WorkerPool
 
 if TYPE_CHECKING:
-    from openai import AsyncOpenAI
     from piper import PiperVoice
 
 logger = logging.getLogger(__name__)
@@ -580,14 +579,17 @@ class OpenAITTS:
         workers: int = 4,
         queue_size: int = 16,
     ) -> None:
-        self._api_key = api_key
-        self._base_url = base_url.rstrip("/") if base_url else None
+        self._endpoint = OpenAIEndpoint(
+            api_key=api_key,
+            base_url=base_url,
+            timeout_s=timeout_s,
+            max_retries=1,
+            purpose="OpenAI text-to-speech",
+        )
         self._model = model
         self._default_voice = default_voice
         self._max_chars = min(max_chars, 4096)
-        self._timeout_s = timeout_s
         self._pool = WorkerPool("text-to-speech (OpenAI)", workers=workers, queue_size=queue_size)
-        self._client: AsyncOpenAI | None = None
 
     def __repr__(self) -> str:
         return f"OpenAITTS(base_url={self._where!r}, model={self._model!r})"
@@ -602,7 +604,7 @@ class OpenAITTS:
 
     @property
     def _where(self) -> str:
-        return redact_url(self._base_url or OFFICIAL_OPENAI_API)
+        return self._endpoint.where
 
     def has_voice(self, voice: str) -> bool:
         name = strip_engine(voice, "openai")
@@ -611,31 +613,22 @@ class OpenAITTS:
         return name is not None and name.lower() in OPENAI_VOICES
 
     async def start(self) -> None:
-        if self._client is not None:
-            return
-        from inference.openai_client import openai_client
-
-        self._client = openai_client(
-            api_key=self._api_key,
-            base_url=self._base_url,
-            timeout_s=self._timeout_s,
-            max_retries=1,
-            purpose="OpenAI text-to-speech",
-        )
-        logger.info(
-            "text-to-speech: OpenAI %s at %s, default voice %s", self._model, self._where, self._default_voice
-        )
+        if self._endpoint.open():
+            logger.info(
+                "text-to-speech: OpenAI %s at %s, default voice %s",
+                self._model,
+                self._where,
+                self._default_voice,
+            )
 
     async def aclose(self) -> None:
         self._pool.close()
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        await self._endpoint.close()
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> SpeechAudio:
         import openai
 
-        client = self._client
+        client = self._endpoint.client
         if client is None:
             raise BackendUnavailable("text-to-speech (OpenAI)", "not started")
         text = check_text(text, self._max_chars)
@@ -665,10 +658,8 @@ class OpenAITTS:
     def _convert(self, exc: Exception) -> WhisperEngineError:
         import openai
 
-        from voice.stt import describe_openai_error
-
         service = f"OpenAI text-to-speech at {self._where}"
-        message = describe_openai_error(exc, self._api_key)
+        message = describe_openai_error(exc, self._endpoint.api_key)
         if isinstance(exc, openai.APIStatusError):
             if exc.status_code in (400, 422):
                 logger.warning("%s refused the text: HTTP %d: %s", service, exc.status_code, message)
