@@ -13,7 +13,11 @@ measured, which runs alone in this process:
                    against the zero-latency fake LLM, typing + streamed reply rendering
 
 Workload: ``--users`` users (50) in ``--channels`` channels send ``--messages`` messages
-(2000) in total, each mentioning the bot. By default it is a closed loop: each user sends
+(2000) in total, each mentioning the bot. ``--llm-latency-s`` makes the fake LLM take that
+long before its first token; the bare bot then asks the same fake LLM (the real ``openai``
+client, streamed) before it answers, so both bots wait for the same model.
+``--scenario busy-channel`` is one busy channel: 50 users, 200 mentions at once, an LLM that
+takes 0.3 s per answer. By default it is a closed loop: each user sends
 their next message as soon as the bot's reply to the previous one is posted (50 messages in
 flight); ``--burst`` sends everything at once. A warm-up round (not measured) comes first.
 Latency is from the MESSAGE_CREATE dispatch to the first reply POST (matched through its
@@ -22,6 +26,7 @@ messages a user a minute would otherwise be refused by design.
 
     python -m benchmarks.discord_e2e
     python -m benchmarks.discord_e2e --messages 500 --burst --json out.json
+    python -m benchmarks.discord_e2e --scenario busy-channel
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -55,16 +61,23 @@ logger = logging.getLogger("benchmarks.discord_e2e")
 # --- the child: fake Discord + fake LLM + load generator ------------------------------------------
 
 
-def _fake_side(conn: multiprocessing.connection.Connection, users: int, channels: int) -> None:
-    asyncio.run(_fake_main(conn, users, channels))
+def _fake_side(
+    conn: multiprocessing.connection.Connection, users: int, channels: int, llm_latency_s: float
+) -> None:
+    asyncio.run(_fake_main(conn, users, channels, llm_latency_s))
 
 
-async def _fake_main(conn: multiprocessing.connection.Connection, n_users: int, n_channels: int) -> None:
+async def _fake_main(
+    conn: multiprocessing.connection.Connection, n_users: int, n_channels: int, llm_latency_s: float
+) -> None:
     from tests.fakes.discord_server import FakeDiscord
     from tests.fakes.llm_server import FakeLLMServer
 
     loop = asyncio.get_running_loop()
-    async with FakeDiscord(record=False) as fake, FakeLLMServer(reply=LLM_REPLY, record=False) as llm:
+    async with (
+        FakeDiscord(record=False) as fake,
+        FakeLLMServer(reply=LLM_REPLY, record=False, first_chunk_delay_s=llm_latency_s) as llm,
+    ):
         guild = fake.add_guild("Benchmark server")
         channel_ids = [fake.add_channel(guild, f"chat-{i}") for i in range(n_channels)]
         users = [fake.add_user(f"user{i}") for i in range(n_users)]
@@ -92,6 +105,7 @@ async def _workload(
 ) -> dict[str, Any]:
     per_user = [total // len(users) + (1 if i < total % len(users) else 0) for i in range(len(users))]
     latencies: list[float] = []
+    unanswered = 0
     counter = 0
 
     async def send(user_index: int) -> str:
@@ -112,13 +126,23 @@ async def _workload(
     started = time.perf_counter()
     if burst:
         ids = [await send(i) for i, n in enumerate(per_user) for _ in range(n)]
+        deadline = time.monotonic() + 300
         for message_id in ids:
-            at = await fake.wait_first_reply(message_id, timeout_s=300)
+            try:
+                at = await fake.wait_first_reply(message_id, timeout_s=max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                unanswered += 1
+                continue
             latencies.append(at - fake.dispatched_at[message_id])
     else:
         await asyncio.gather(*(closed_loop(i) for i in range(len(users))))
     elapsed = time.perf_counter() - started
-    return {"messages": len(latencies), "elapsed_s": elapsed, "latencies_s": latencies}
+    return {
+        "messages": len(latencies),
+        "unanswered": unanswered,
+        "elapsed_s": elapsed,
+        "latencies_s": latencies,
+    }
 
 
 # --- this process: the bots ---------------------------------------------------------------------
@@ -133,18 +157,31 @@ def _point_at(endpoints: dict[str, Any]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bare_bot(endpoints: dict[str, Any]) -> Any:
+async def bare_bot(endpoints: dict[str, Any], *, ask_llm: bool) -> Any:
+    """``ask_llm``: stream an answer from the fake LLM first (the real ``openai`` client)."""
     import discord
+    import openai
 
     _point_at(endpoints)
     discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+    llm = openai.AsyncOpenAI(base_url=endpoints["llm"], api_key="benchmark", max_retries=0)
+
+    async def answer(text: str) -> str:
+        if not ask_llm:
+            return FIXED_REPLY
+        stream = await llm.chat.completions.create(
+            model="bare", messages=[{"role": "user", "content": text}], stream=True
+        )
+        parts = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+        return "".join(parts) or FIXED_REPLY
 
     class BareBot(discord.Client):
         async def on_message(self, message: discord.Message) -> None:
             me = self.user
             if me is None or message.author.id == me.id or me not in message.mentions:
                 return
-            await message.channel.send(FIXED_REPLY, reference=message, mention_author=False)
+            reply = await answer(message.content)
+            await message.channel.send(reply, reference=message, mention_author=False)
 
     intents = discord.Intents.default()
     intents.message_content = True
@@ -157,6 +194,7 @@ async def bare_bot(endpoints: dict[str, Any]) -> Any:
         yield client
     finally:
         await client.close()
+        await llm.close()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -214,6 +252,7 @@ def _summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
     return {
         "bot": name,
         "messages": result["messages"],
+        "unanswered": result.get("unanswered", 0),
         "elapsed_s": round(result["elapsed_s"], 3),
         "messages_per_s": round(result["messages"] / result["elapsed_s"], 1),
         "p50_ms": round(_percentile(latencies, 0.50), 2),
@@ -234,13 +273,15 @@ async def _drive(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    fake = context.Process(target=_fake_side, args=(child, args.users, args.channels), daemon=True)
+    fake = context.Process(
+        target=_fake_side, args=(child, args.users, args.channels, args.llm_latency_s), daemon=True
+    )
     fake.start()
     loop = asyncio.get_running_loop()
     endpoints: dict[str, Any] = await loop.run_in_executor(None, parent.recv)
     results: dict[str, Any] = {}
     try:
-        async with bare_bot(endpoints):
+        async with bare_bot(endpoints, ask_llm=args.llm_latency_s > 0):
             await _drive(parent, args.warmup, burst=args.burst)
             results["bare"] = _summary(
                 "bare discord.py", await _drive(parent, args.messages, burst=args.burst)
@@ -276,8 +317,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "channels": args.channels,
         "mode": "burst" if args.burst else "closed loop (one message in flight per user)",
         "warmup": args.warmup,
+        "llm_latency_s": args.llm_latency_s,
     }
     results["machine"] = {"python": platform.python_version(), "cpus": multiprocessing.cpu_count()}
+    results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results
 
 
@@ -288,20 +331,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--burst", action="store_true", help="send every message at once")
+    parser.add_argument(
+        "--llm-latency-s", type=float, default=0.0, help="the fake LLM's time to first token (0: none)"
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=("busy-channel",),
+        help="busy-channel: 50 users, 200 mentions at once in one channel, LLM 0.3 s per answer",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.scenario == "busy-channel":
+        args.users, args.channels, args.messages, args.burst = 50, 1, 200, True
+        args.warmup, args.llm_latency_s = 50, 0.3
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     results = asyncio.run(run(args))
     workload = results["workload"]
     print(
         f"{workload['messages']} messages from {workload['users']} users in {workload['channels']} channels, "
-        f"{workload['mode']}"
+        f"{workload['mode']}, LLM latency {workload['llm_latency_s']} s"
     )
-    print(f"{'bot':<18}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'bot':<18}{'answered':>10}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for key in ("bare", "adapter", "whisperengine"):
         r = results[key]
-        print(f"{r['bot']:<18}{r['messages_per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+        answered = f"{r['messages']}/{r['messages'] + r['unanswered']}"
+        print(
+            f"{r['bot']:<18}{answered:>10}{r['messages_per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+        )
     print(
         f"ratio adapter + stub engine / bare: {results['adapter_only_ratio']:.3f} (the Discord layer alone)"
     )
@@ -310,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     we = results["whisperengine"]
     drain = we["memory_drain_after_s"]
     print(f"memory writer: {we['memories_written']} turns written; drain after the run {drain}s")
+    print(f"peak RSS of this process (the bots): {results['peak_rss_mib']} MiB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -6,12 +6,22 @@
             → persist the user's message (before the LLM is called: nothing is lost)
             → context: recent turns (cache, else the store), the user's relevant memories,
               profile, persona, emotion — gathered concurrently
+            → the conversation is free for the next message (see "Concurrency" below)
             → prompt within the token budget → LLM, streamed to the caller
             → after the reply: the reply joins the recent turns at once; storing it and
               writing memories happen in the background (``MemoryWriter``)
 
 An LLM failure or timeout becomes a short apology (``ReplyKind.APOLOGY``); the error
 goes to the log.
+
+Concurrency within a conversation
+    A message holds its conversation (``ConversationLocks``: FIFO, across processes with Redis)
+    from the middleware until its context is taken, so messages are persisted and see each other
+    in their recent turns in the order they arrived; generation then runs in parallel with the
+    next messages. One account's messages in a conversation are still answered one after another
+    (:class:`_ReplyChain`): the second waits for the reply to the first and has it in its prompt,
+    as a person who sends two lines in a row expects. In a DM, where everyone is one person, that
+    is strict order; in a busy channel only each person's own messages wait.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -57,6 +68,8 @@ logger = logging.getLogger(__name__)
 USER_SETTINGS = (RELATIONSHIP_SETTING, PERSONA_SETTING, CHECKIN_SETTING)
 
 APOLOGY = "Sorry, I couldn't come up with a reply just now. Please try again in a moment."
+PREVIOUS_REPLY_WAIT_S = 300.0
+"""How long a message waits for the reply to the same person's previous one before it goes ahead."""
 NOT_SAVED = "Sorry, I can't save messages right now, so I didn't take this one in. Please try again later."
 
 
@@ -130,6 +143,7 @@ class Engine:
             ]
         )
         self.in_flight = 0
+        self._replies = _ReplyChain()
 
     async def start(self) -> None:
         await self.writer.start()
@@ -145,19 +159,33 @@ class Engine:
 
     # --- the pipeline ---------------------------------------------------------------
 
-    def handle(self, message: UniversalMessage) -> ReplyStream:
-        """Answer one message; iterate the result for chunks, or ``await .collect()``."""
-        return ReplyStream(self._in_turn(message))
+    def handle(
+        self, message: UniversalMessage, *, on_placed: Callable[[], None] | None = None
+    ) -> ReplyStream:
+        """Answer one message; iterate the result for chunks, or ``await .collect()``.
 
-    async def _in_turn(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
-        """The whole answer (middleware included) while holding the conversation's lock."""
-        async with self.locks.hold(message.conversation_key):
-            async for item in self._through_middleware(message):
+        ``on_placed`` is called once the message holds its place in the conversation (it has
+        the conversation's lock): from then on a later message may be handed to the engine
+        without overtaking it. An adapter that prepares messages concurrently uses it to hand
+        them over in arrival order."""
+        return ReplyStream(self._in_turn(message, on_placed))
+
+    async def _in_turn(
+        self, message: UniversalMessage, on_placed: Callable[[], None] | None
+    ) -> AsyncIterator[str | AIResponse]:
+        """The whole answer, holding the conversation from arrival until the context is taken."""
+        async with AsyncExitStack() as place:
+            await place.enter_async_context(self.locks.hold(message.conversation_key))
+            if on_placed is not None:
+                on_placed()
+            async for item in self._through_middleware(message, place):
                 yield item
 
-    async def _through_middleware(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
+    async def _through_middleware(
+        self, message: UniversalMessage, place: AsyncExitStack
+    ) -> AsyncIterator[str | AIResponse]:
         async def answer(msg: UniversalMessage) -> ReplyStream:
-            return ReplyStream(self._answer(msg))
+            return ReplyStream(self._answer(msg, place))
 
         call: Next = answer
         for layer in reversed(self.middleware):
@@ -167,17 +195,21 @@ class Engine:
             yield item
         self.metrics.message_handled(message.platform, str(stream.response.kind))
 
-    async def _answer(self, message: UniversalMessage) -> AsyncIterator[str | AIResponse]:
+    async def _answer(
+        self, message: UniversalMessage, place: AsyncExitStack
+    ) -> AsyncIterator[str | AIResponse]:
         started = time.perf_counter()
         self.in_flight += 1
+        reply = self._replies.join(message.conversation_key, message.user_key)
         try:
-            async for item in self._answer_inner(message, started):
+            async for item in self._answer_inner(message, started, place, reply):
                 yield item
         finally:
+            reply.finish()
             self.in_flight -= 1
 
     async def _answer_inner(
-        self, message: UniversalMessage, started: float
+        self, message: UniversalMessage, started: float, place: AsyncExitStack, reply_link: _ReplyLink
     ) -> AsyncIterator[str | AIResponse]:
         user_key = await self.resolve_user_key(message.user_key)  # linked accounts: one identity
         stored = StoredMessage(
@@ -217,6 +249,11 @@ class Engine:
         await self._remember_turn(
             message.conversation_key, Turn("user", message.content, message.user_name, message.timestamp)
         )
+        await place.aclose()  # persisted and in context: the next message may go ahead
+        # this account's previous message in the conversation: its reply comes first, and is heard
+        previous_reply = await reply_link.previous()
+        if previous_reply is not None and previous_reply not in turns:  # came after the snapshot
+            turns = [*turns, previous_reply]
         prompt = build_prompt(
             persona=persona,
             user_message=message.content,
@@ -274,9 +311,9 @@ class Engine:
             thread_id=message.thread_id,
             created_at=utcnow(),
         )
-        await self._remember_turn(
-            message.conversation_key, Turn("assistant", content, self.bot_name, reply.created_at)
-        )
+        reply_turn = Turn("assistant", content, self.bot_name, reply.created_at)
+        await self._remember_turn(message.conversation_key, reply_turn)
+        reply_link.finish(reply_turn)
         await self.writer.submit(
             TurnRecord(
                 user_message=stored,
@@ -538,6 +575,50 @@ async def _all_of(*awaitables: Awaitable[Any]) -> list[Any]:
         if error is not None:
             raise error
     return [t.result() for t in tasks]
+
+
+class _ReplyLink:
+    """One message's link in its account's chain of replies in a conversation."""
+
+    __slots__ = ("_before", "done")
+
+    def __init__(self, before: asyncio.Future[Turn | None] | None) -> None:
+        self._before = before
+        self.done: asyncio.Future[Turn | None] = asyncio.get_running_loop().create_future()
+
+    async def previous(self, wait_s: float = PREVIOUS_REPLY_WAIT_S) -> Turn | None:
+        """Wait for the reply to the account's previous message; that reply (None: none came,
+        or it took longer than ``wait_s``, a stream its consumer left unfinished)."""
+        if self._before is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._before), wait_s)
+        except TimeoutError:
+            return None
+
+    def finish(self, reply: Turn | None = None) -> None:
+        """This message is answered (``reply``) or will not be (None); idempotent."""
+        if not self.done.done():
+            self.done.set_result(reply)
+
+
+class _ReplyChain:
+    """Orders the replies to one account's messages in a conversation (the engine's docstring)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], asyncio.Future[Turn | None]] = {}
+
+    def join(self, conversation_key: str, user_key: str) -> _ReplyLink:
+        key = (conversation_key, user_key)
+        link = _ReplyLink(self._last.get(key))
+        self._last[key] = link.done
+
+        def forget(done: asyncio.Future[Turn | None]) -> None:
+            if self._last.get(key) is done:
+                del self._last[key]
+
+        link.done.add_done_callback(forget)
+        return link
 
 
 def _bind(layer: Middleware, call_next: Next) -> Next:

@@ -8,11 +8,14 @@ When it answers
 
 How it answers
     Typing at once, then the reply streamed by :class:`ReplyRenderer` (first chunk posted
-    quickly, paced edits, split at 2000 characters). Voice messages and audio files are
-    transcribed through the ``SpeechToText`` port; other attachments are noted in the text
-    (``[attached: photo.png (image/png)]``). Each message is handled in its own task with
-    one error boundary: an unexpected failure is logged and the user gets a short apology,
-    never silence.
+    quickly, paced edits, split at 2000 characters), in a server as a reply to the message it
+    answers. A channel's messages are answered concurrently: they reach the engine in arrival
+    order and their replies are generated in parallel (``adapters/ordering.py``,
+    ``engine/pipeline.py``); one person's messages are answered one after another. Voice
+    messages and audio files are transcribed through the ``SpeechToText`` port; other
+    attachments are noted in the text (``[attached: photo.png (image/png)]``). Each message is
+    handled in its own task with one error boundary: an unexpected failure is logged and the
+    user gets a short apology, never silence.
 
 Voice replies
     When the reply's persona has ``voice_replies: true`` and a ``TextToSpeech`` port is
@@ -49,6 +52,7 @@ import discord
 import yarl
 
 from adapters.guard import PlatformGuard
+from adapters.ordering import ArrivalOrder, Ticket
 from adapters.textsplit import split_message
 from engine.checkins import CheckinScheduler
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
@@ -195,9 +199,8 @@ class DiscordAdapter:
         self.tree: WhisperCommandTree | None = None
         self._connection: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # the newest message task of each channel: the next one waits for it, so a channel's
-        # messages reach the engine (and its conversation lock) in the order they arrived
-        self._channel_tails: dict[int, asyncio.Task[None]] = {}
+        self._arrival = ArrivalOrder()
+        """Each channel's messages are handed to the engine in the order they arrived."""
         self._our_messages: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._ready = asyncio.Event()
         self._closing = False
@@ -353,30 +356,17 @@ class DiscordAdapter:
             return
         if message.type not in ANSWERED_TYPES:
             return
-        channel_id = message.channel.id
-        after = self._channel_tails.get(channel_id)
-        task = asyncio.create_task(self._in_order(message, after), name=f"discord-message-{message.id}")
+        # taken now, in arrival order: the channel's messages reach the engine in that order
+        ticket = self._arrival.ticket(message.channel.id)
+        task = asyncio.create_task(self._guarded(message, ticket), name=f"discord-message-{message.id}")
         self._tasks.add(task)
-        self._channel_tails[channel_id] = task
+        task.add_done_callback(self._tasks.discard)
 
-        def done(finished: asyncio.Task[None]) -> None:
-            self._tasks.discard(finished)
-            if self._channel_tails.get(channel_id) is finished:
-                del self._channel_tails[channel_id]
-
-        task.add_done_callback(done)
-
-    async def _in_order(self, message: discord.Message, after: asyncio.Task[None] | None) -> None:
-        """Answer ``message`` once the channel's previous message has been answered."""
-        if after is not None:
-            await asyncio.wait([after])  # its outcome is its own error boundary's business
-        await self._guarded(message)
-
-    async def _guarded(self, message: discord.Message) -> None:
+    async def _guarded(self, message: discord.Message, ticket: Ticket) -> None:
         """The error boundary of one message: log, and apologise rather than stay silent."""
         progress = _Progress()
         try:
-            await self._handle(message, progress)
+            await self._handle(message, progress, ticket)
         except asyncio.CancelledError:
             raise
         except discord.Forbidden as exc:
@@ -396,6 +386,8 @@ class DiscordAdapter:
             if not progress.posted:
                 with contextlib.suppress(discord.HTTPException, *PLATFORM_ERRORS):
                     await message.channel.send(APOLOGY)
+        finally:
+            ticket.pass_on()  # answered, dropped or failed: the channel's next message goes on
 
     async def _should_answer(self, message: discord.Message) -> bool:
         me = self.client.user
@@ -440,8 +432,9 @@ class DiscordAdapter:
         while len(self._our_messages) > REMEMBERED_REPLIES:
             self._our_messages.popitem(last=False)
 
-    async def _handle(self, message: discord.Message, progress: _Progress) -> None:
-        """Answer one message if it is for us."""
+    async def _handle(self, message: discord.Message, progress: _Progress, ticket: Ticket) -> None:
+        """Answer one message if it is for us: prepared concurrently with the channel's other
+        messages, handed to the engine in arrival order (``adapters/ordering.py``)."""
         if not await self._should_answer(message):
             return
         me = self.client.user
@@ -454,12 +447,13 @@ class DiscordAdapter:
                 typing.stop()
                 await self._send_notice(message, prepared, progress)
                 return
+            await ticket.turn()
             limited = await self._guild_rate_limited(message, prepared)
             if limited is not None:
                 typing.stop()
                 await self._send_notice(message, limited, progress)
                 return
-            await self._answer(message, prepared, typing, progress)
+            await self._answer(message, prepared, typing, progress, ticket)
         finally:
             typing.stop()
 
@@ -541,7 +535,12 @@ class DiscordAdapter:
         return configured or self.config.thread_mode
 
     async def _answer(
-        self, message: discord.Message, universal: UniversalMessage, typing: Typing, progress: _Progress
+        self,
+        message: discord.Message,
+        universal: UniversalMessage,
+        typing: Typing,
+        progress: _Progress,
+        ticket: Ticket,
     ) -> None:
         mode = await self._thread_mode(message)
         target: discord.abc.Messageable = message.channel
@@ -563,7 +562,7 @@ class DiscordAdapter:
             typing=typing,
         )
         progress.renderer = renderer
-        stream = self.engine.handle(universal)
+        stream = self.engine.handle(universal, on_placed=ticket.pass_on)
         try:
             await renderer.render(stream)
         finally:

@@ -112,6 +112,9 @@ class FakeLLMServer(LocalServer):
         """When set, OpenAI requests must carry ``Authorization: Bearer <api_key>`` (else 401)."""
         self.record = record
         self.requests: list[RecordedRequest] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        """Requests being answered now, and the most there ever were at once."""
         self.hang_after_chunks: int | None = None
         self.break_after_chunks: int | None = None
         self._hang = False
@@ -211,11 +214,15 @@ class FakeLLMServer(LocalServer):
                 and request.headers.get("Authorization") != f"Bearer {self.api_key}"
             ):
                 return self._error(request, 401, "Incorrect API key provided")
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
             try:
                 return await handler(request, body)
             except ConnectionError:
                 # The client went away (or a fault dropped the connection): nothing to answer.
                 return web.Response()
+            finally:
+                self.in_flight -= 1
 
         return guarded
 
@@ -299,8 +306,8 @@ class FakeLLMServer(LocalServer):
                 ],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
-            if self.delay_s > 0:
-                await asyncio.sleep(self.delay_s)
+            if self.delay_s > 0 or self.first_chunk_delay_s > 0:
+                await asyncio.sleep(self.first_chunk_delay_s + self.delay_s)
             return web.json_response(completion)
         prefix = (
             f'data: {{"id":"chatcmpl-fake","object":"chat.completion.chunk","created":{created},'

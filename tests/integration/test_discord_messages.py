@@ -371,6 +371,35 @@ async def test_a_channels_messages_are_answered_in_the_order_they_came(world: Wo
     )
 
 
+async def test_a_busy_channel_is_answered_in_parallel_each_reply_to_its_message(world: World) -> None:
+    fake, llm = world.fake, world.llm
+    channel = await world.channel("busy")
+    people = [world.user(f"guest{i}") for i in range(6)]
+    llm.first_chunk_delay_s, llm.most_in_flight = 1.0, 0  # a slow model: parallel or nothing
+    try:
+        texts = [f"busy note {i} about my garden" for i in range(len(people))]
+        sent = [
+            await fake.send_message(channel, person, text, mention_bot=True)
+            for person, text in zip(people, texts, strict=True)
+        ]
+        for message in sent:
+            await fake.wait_for_reply(message["id"])
+    finally:
+        llm.first_chunk_delay_s = 0.0
+    # generation overlapped: more than one answer was being written at once
+    assert llm.most_in_flight >= 2
+    # every message got exactly one reply, posted as a reply to it
+    for message in sent:
+        assert len(fake.replies_to(message["id"])) == 1
+    # each message's prompt held the messages that came before it, in order
+    for i, (person, text) in enumerate(zip(people, texts, strict=True)):
+        [prompt] = world.prompts_containing(text)
+        assert prompt[-1]["content"] == f"{person['global_name']}: {text}"
+        earlier = [m["content"] for m in prompt[:-1] if m["role"] == "user"]
+        said = [f"{people[j]['global_name']}: {texts[j]}" for j in range(i)]
+        assert [line for line in earlier if line in said] == said
+
+
 async def test_unusable_audio_gets_the_reason(world: World) -> None:
     fake, stt = world.fake, world.stt
     channel = await world.channel("bad-voice")

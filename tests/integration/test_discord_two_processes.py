@@ -1,11 +1,14 @@
 """Two ``whisperengine run`` processes share one bot: process A owns shard 0, process B shard 1,
 both on the same PostgreSQL database, Redis and Chroma server, against the fake Discord gateway.
 
-Every message gets exactly one reply, in each channel the replies come in the order of the
-messages, and each process only receives the events of its own shard (DMs go to shard 0)."""
+Every message gets exactly one reply; in each channel each person's messages are answered in
+the order they were sent (a DM, one person, entirely in order) and every message's prompt holds
+the channel's earlier messages; each process only receives the events of its own shard (DMs go
+to shard 0)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from collections.abc import Iterator
@@ -117,6 +120,7 @@ async def test_two_processes_share_the_shards_and_answer_everything_once_in_orde
             for shard, name in enumerate(("process-a", "process-b"))
         ]
         sent: dict[str, list[int]] = {channel: [] for channel in channels}
+        author_of: dict[int, str] = {}
         ids: dict[int, Json] = {}
         try:
             for bot in bots:
@@ -129,6 +133,7 @@ async def test_two_processes_share_the_shards_and_answer_everything_once_in_orde
                 text = f"message #{n}: I went to the lake with my sister and we swam all day"
                 in_guild = channel_id not in fake.dm_channels
                 ids[n] = await fake.send_message(channel_id, author, text, mention_bot=in_guild)
+                author_of[n] = str(author["id"])
                 sent[channel_id].append(n)
 
             def answered(numbers: list[int]) -> bool:
@@ -154,9 +159,22 @@ async def test_two_processes_share_the_shards_and_answer_everything_once_in_orde
         for bot in bots:
             assert bot.error_lines() == [], bot.log_text()
 
-        # exactly one reply to every message, in each channel in the order of the messages
+        # exactly one reply to every message; each person's in the order of their messages
         for channel, numbers in sent.items():
-            assert bot_tags(fake, channel) == numbers, channel
+            tags = bot_tags(fake, channel)
+            assert sorted(tags) == sorted(numbers), channel
+            for author in {author_of[n] for n in numbers}:
+                mine = [n for n in numbers if author_of[n] == author]
+                assert [n for n in tags if author_of[n] == author] == mine, (channel, author)
+        # each message was answered with the channel's earlier messages in its prompt
+        for channel, numbers in sent.items():
+            for earlier, later in itertools.pairwise(numbers):
+                [prompt] = [
+                    r.messages
+                    for r in llm.requests
+                    if r.messages and TAG.findall(str(r.messages[-1]["content"])) == [str(later)]
+                ]
+                assert any(f"message #{earlier}:" in str(m["content"]) for m in prompt[:-1]), (channel, later)
         for n, message in ids.items():
             if message.get("guild_id"):
                 assert len(fake.replies_to(message["id"])) == 1, n
