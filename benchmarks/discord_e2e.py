@@ -232,10 +232,12 @@ class _StubEngine:
         self.cache, self.personas, self.writer = engine.cache, engine.personas, engine.writer
         self.config, self.in_flight = engine.config, 0
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: Any, *, on_placed: Any = None) -> Any:
         from engine.events import ReplyKind
         from engine.reply import ReplyStream
 
+        if on_placed is not None:
+            on_placed()
         return ReplyStream.fixed(FIXED_REPLY, ReplyKind.ANSWER)
 
 

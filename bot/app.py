@@ -28,6 +28,7 @@ from config.urls import redact_url
 from engine.breaker import CircuitBreaker
 from engine.checkins import CheckinScheduler
 from engine.compaction import CompactionPolicy, SessionCompactor
+from engine.embedding import MicroBatchingEmbedder
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, ConfigError, StorageError
 from engine.fact_extraction import FactExtractor
@@ -446,8 +447,10 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
         from inference.minilm import MiniLMEmbedder
 
         # Two embedders, each with its own thread: a reply's query embedding never waits
-        # behind a batch the background memory writer is embedding.
-        embedder, write_embedder = MiniLMEmbedder(), MiniLMEmbedder()
+        # behind a batch the background memory writer is embedding. Replies arriving together
+        # share one model call (micro-batching).
+        embedder: Embedder = MicroBatchingEmbedder(MiniLMEmbedder())
+        write_embedder: Embedder = MiniLMEmbedder()
         for model in (embedder, write_embedder):
             await model.start()
             stack.push_async_callback(model.aclose)

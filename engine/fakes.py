@@ -10,11 +10,12 @@ import asyncio
 import hashlib
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 
 from engine.errors import LLMError
 from engine.events import ChatMessage
-from engine.ports import Vector, VectorHit, VectorItem
+from engine.ports import MetadataValue, Vector, VectorHit, VectorItem
 
 _WORD = re.compile(r"\w+")
 
@@ -122,6 +123,13 @@ class InMemoryVectorMemory:
         ]
         scored.sort(key=lambda hit: hit.similarity, reverse=True)
         return scored[:k]
+
+    async def update_metadata(self, scope: str, metadata: Mapping[str, Mapping[str, MetadataValue]]) -> None:
+        bucket = self._scopes.get(scope, {})
+        for item_id, meta in metadata.items():
+            item = bucket.get(item_id)
+            if item is not None:
+                bucket[item_id] = replace(item, metadata={**item.metadata, **meta})
 
     async def delete(self, scope: str, ids: Sequence[str]) -> None:
         bucket = self._scopes.get(scope, {})

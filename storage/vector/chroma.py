@@ -226,6 +226,11 @@ class ChromaVectorMemory:
             return []
         return await self._run(self._query_sync, scope, embedding, k)
 
+    async def update_metadata(self, scope: str, metadata: Mapping[str, Mapping[str, MetadataValue]]) -> None:
+        if not metadata:
+            return
+        await self._run(self._update_metadata_sync, scope, dict(metadata))
+
     async def delete(self, scope: str, ids: Sequence[str]) -> None:
         if not ids:
             return
@@ -382,6 +387,17 @@ class ChromaVectorMemory:
             ]
 
         return self._with_collection(scope, False, search, [])
+
+    def _update_metadata_sync(self, scope: str, metadata: dict[str, Mapping[str, MetadataValue]]) -> None:
+        def update(collection: Collection) -> None:
+            # Chroma's update of an id it does not hold only logs a warning: ask which are there
+            stored = set(collection.get(ids=list(metadata), include=[])["ids"])
+            ids = [item_id for item_id in metadata if item_id in stored]
+            for start in range(0, len(ids), self._max_batch):
+                batch = ids[start : start + self._max_batch]
+                collection.update(ids=batch, metadatas=[_metadata(metadata[i]) for i in batch])  # type: ignore[misc]
+
+        self._with_collection(scope, False, update, None)
 
     def _delete_sync(self, scope: str, ids: list[str]) -> None:
         def remove(collection: Collection) -> None:

@@ -4,7 +4,7 @@
 database (the ``vector_outbox`` table, migration 0004; :class:`VectorOutbox` is the part of
 ``SQLConversationStore`` it uses).
 
-Writes (``add``, ``delete``, ``drop_scope``)
+Writes (``add``, ``update_metadata``, ``delete``, ``drop_scope``)
     go straight to the vector store while it answers and the outbox is empty. When the store is
     unreachable (``BackendUnavailable``, no answer within ``timeout_s``, or its circuit breaker
     open) the write is appended to the outbox instead and the call returns normally. While the
@@ -37,11 +37,11 @@ from typing import Any, Literal, Protocol
 from engine.breaker import BreakerState, CircuitBreaker
 from engine.errors import BackendUnavailable, CircuitOpen, StorageError
 from engine.health import ComponentHealth
-from engine.ports import Vector, VectorHit, VectorItem, VectorMemory
+from engine.ports import MetadataValue, Vector, VectorHit, VectorItem, VectorMemory
 
 logger = logging.getLogger(__name__)
 
-OutboxOp = Literal["add", "delete", "drop_scope"]
+OutboxOp = Literal["add", "update_metadata", "delete", "drop_scope"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +211,14 @@ class DurableVectorMemory:
             return
         await self._write(scope, "add", encode_items(items), lambda: self.vectors.add(scope, items))
 
+    async def update_metadata(self, scope: str, metadata: Mapping[str, Mapping[str, MetadataValue]]) -> None:
+        if not metadata:
+            return
+        payload = {"metadata": {item_id: dict(meta) for item_id, meta in metadata.items()}}
+        await self._write(
+            scope, "update_metadata", payload, lambda: self.vectors.update_metadata(scope, metadata)
+        )
+
     async def delete(self, scope: str, ids: Sequence[str]) -> None:
         if not ids:
             return
@@ -341,6 +349,8 @@ class DurableVectorMemory:
                 match entry.op:
                     case "add":
                         await self.vectors.add(entry.scope, decode_items(entry.payload))
+                    case "update_metadata":
+                        await self.vectors.update_metadata(entry.scope, dict(entry.payload["metadata"]))
                     case "delete":
                         await self.vectors.delete(entry.scope, list(entry.payload["ids"]))
                     case "drop_scope":

@@ -68,9 +68,51 @@ def scope() -> str:
 
 def test_has_every_method_of_the_port() -> None:
     store = ChromaVectorMemory.embedded("/nonexistent-until-start")
-    for name in ("start", "aclose", "ping", "add", "query", "delete", "drop_scope", "count"):
+    for name in (
+        "start",
+        "aclose",
+        "ping",
+        "add",
+        "query",
+        "update_metadata",
+        "delete",
+        "drop_scope",
+        "count",
+    ):
         assert inspect.iscoroutinefunction(getattr(store, name)), name
         assert hasattr(VectorMemory, name)
+
+
+async def test_update_metadata_merges_keys_and_keeps_embedding_and_text(
+    memory: ChromaVectorMemory, rng: np.random.Generator
+) -> None:
+    user, other = scope(), scope()
+    vectors = unit(rng, 5)
+    stored = [
+        VectorItem(id=f"m{i}", text=f"text m{i}", embedding=v.tolist(), metadata={"n": i, "mentions": 1})
+        for i, v in enumerate(vectors)
+    ]
+    await memory.add(user, stored)
+    await memory.add(other, stored[:1])
+    await memory.update_metadata(
+        user, {"m1": {"mentions": 3, "superseded_by": "m4"}, "m2": {"mentions": 2}, "absent": {"n": 9}}
+    )
+    [before] = await memory.get_items(user, ["m0"])
+    after = {item.id: item for item in await memory.get_items(user, ["m1", "m2", "absent"])}
+    assert sorted(after) == ["m1", "m2"]  # an id not stored is not created
+    assert after["m1"].metadata == {"n": 1, "mentions": 3, "superseded_by": "m4"}
+    assert after["m2"].metadata == {"n": 2, "mentions": 2}
+    assert before.metadata == {"n": 0, "mentions": 1}
+    for i, item in ((1, after["m1"]), (2, after["m2"])):
+        assert item.text == f"text m{i}"
+        np.testing.assert_allclose(item.embedding, vectors[i], rtol=1e-5, atol=1e-6)
+    # the nearest neighbour of its own vector is still itself, with the new metadata
+    [hit] = await memory.query(user, vectors[1].tolist(), 1)
+    assert (hit.id, hit.metadata["mentions"]) == ("m1", 3)
+    # another scope's item with the same id is untouched; an unknown scope is a no-op
+    [untouched] = await memory.get_items(other, ["m0"])
+    assert untouched.metadata == {"n": 0, "mentions": 1}
+    await memory.update_metadata(scope(), {"m1": {"n": 5}})
 
 
 async def test_query_returns_own_vector_first_with_exact_similarities(

@@ -59,7 +59,7 @@ async def outbox_rows(store: SQLConversationStore) -> list[tuple[str, str, list[
     """(scope, op, ids) of every queued row, in id order, read straight from the table."""
     async with store.engine.connect() as conn:
         rows = await conn.execute(sa.select(vector_outbox).order_by(vector_outbox.c.id))
-        return [(r.scope, r.op, list(r.payload.get("ids", []))) for r in rows]
+        return [(r.scope, r.op, list(r.payload.get("ids") or r.payload.get("metadata", []))) for r in rows]
 
 
 async def test_writes_wait_in_the_database_while_chroma_is_down_and_replay_in_order(
@@ -83,6 +83,7 @@ async def test_writes_wait_in_the_database_while_chroma_is_down_and_replay_in_or
         await memory.add("discord:1", [item("m2", "Ana: second, first version", 2)])
         await memory.add("discord:1", [item("m3", "Ana: third", 3), item("m4", "Ana: fourth", 4)])
         await memory.add("discord:1", [item("m2", "Ana: second, final version", 2)])
+        await memory.update_metadata("discord:1", {"m3": {"mentions": 2}})
         await memory.delete("discord:1", ["m1", "m4"])
         await memory.add("telegram:9", [item("t1", "Bo: in another scope", 9)])
         assert await memory.query("discord:1", vector(2), 5) == []
@@ -90,24 +91,26 @@ async def test_writes_wait_in_the_database_while_chroma_is_down_and_replay_in_or
             ("discord:1", "add", ["m2"]),
             ("discord:1", "add", ["m3", "m4"]),
             ("discord:1", "add", ["m2"]),
+            ("discord:1", "update_metadata", ["m3"]),
             ("discord:1", "delete", ["m1", "m4"]),
             ("telegram:9", "add", ["t1"]),
         ]
-        assert memory.pending == 5
+        assert memory.pending == 6
         health = await memory.health("chroma")
         assert health.status == "degraded"
-        assert "5 memory writes queued" in health.detail
+        assert "6 memory writes queued" in health.detail
 
         await asyncio.to_thread(chroma.restart)
         await until(lambda: memory.pending == 0, "the outbox to be replayed")
         assert await outbox_rows(store) == []
-        assert memory.replayed == 5
+        assert memory.replayed == 6
         assert await memory.count("discord:1") == 2  # m2 and m3: m1 and m4 were deleted after
         hits = await memory.query("discord:1", vector(2), 5)
         assert [h.id for h in hits] == ["m2", "m3"]
         assert hits[0].text == "Ana: second, final version"  # the later write won: order held
         assert hits[0].similarity == pytest.approx(1.0, abs=1e-4)  # the embedding came back intact
         assert hits[0].metadata == {"kind": "message", "n": 2}
+        assert hits[1].metadata == {"kind": "message", "n": 3, "mentions": 2}  # updated, not re-added
         assert [h.id for h in await memory.query("telegram:9", vector(9), 5)] == ["t1"]
         assert (await memory.health("chroma")).status == "ok"
 
