@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from config.settings import LLMBackendName, Settings
 from config.urls import redact_url
+from engine.background import ReplyPriority
 from engine.breaker import CircuitBreaker
 from engine.checkins import CheckinScheduler
 from engine.compaction import CompactionPolicy, SessionCompactor
@@ -473,11 +474,18 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
 
         metrics = PrometheusMetrics()
         memory_jobs, memory_jobs_choice = await start_memory_jobs(settings, cache_choice, stack, notes)
+        priority = ReplyPriority()  # the memory writer gives way to replies being prepared
         writer = MemoryWriter(
-            store, vectors, write_embedder, queue_size=settings.memory_queue_size, queue=memory_jobs
+            store,
+            vectors,
+            write_embedder,
+            queue_size=settings.memory_queue_size,
+            queue=memory_jobs,
+            priority=priority,
         )
         memory_llm = make_memory_llm(settings, llm, primary=backends[0].name.split(":", 1)[0])
         engine = Engine(
+            priority=priority,
             identity=IdentityLinker(store, cache, vectors, write_embedder),
             metrics=metrics,
             llm=llm,

@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
-from engine.background import drain_and_stop
+from engine.background import ReplyPriority, drain_and_stop
 from engine.errors import WhisperEngineError
 from engine.events import MemoryHit, new_id, utcnow
 from engine.memory_care import CarePolicy, contradicts, score_importance
@@ -51,6 +52,7 @@ from engine.ports import (
     VectorItem,
     VectorMemory,
     WorkQueue,
+    WriteBatch,
 )
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,41 @@ def _hit(memory_id: str, text: str, similarity: float, meta: dict[str, MetadataV
 
 def _superseded(hit: VectorHit) -> bool:
     return bool(hit.metadata.get("superseded_by"))
+
+
+@dataclass(slots=True)
+class _GroupCommit:
+    """What the writer stages for one group commit (``MemoryWriter._commit``)."""
+
+    at: datetime
+    messages: list[StoredMessage] = field(default_factory=list)
+    used: dict[str, list[str]] = field(default_factory=dict)
+    memories: list[MemoryRecord] = field(default_factory=list)
+    vectors: dict[str, list[VectorItem]] = field(default_factory=dict)
+    supersede: list[tuple[str, str, str]] = field(default_factory=list)
+    """(user_key, the superseded memory's id, the id of the memory that supersedes it)."""
+    metadata: dict[str, dict[str, dict[str, MetadataValue]]] = field(default_factory=dict)
+    """Scope → memory id → metadata keys to set on its vector (no re-embedding)."""
+
+    def add(self, record: MemoryRecord, embedding: Vector) -> None:
+        self.memories.append(record)
+        item = VectorItem(
+            id=record.id, text=record.text, embedding=embedding, metadata=vector_metadata(record)
+        )
+        self.vectors.setdefault(record.user_key, []).append(item)
+
+    def update(self, scope: str, memory_id: str, **metadata: MetadataValue) -> None:
+        self.metadata.setdefault(scope, {}).setdefault(memory_id, {}).update(metadata)
+
+    def stages_near(self, scope: str, embedding: Vector, similarity: float) -> bool:
+        """Whether a memory staged here for ``scope`` is at least ``similarity`` close."""
+        return any(_cosine(item.embedding, embedding) >= similarity for item in self.vectors.get(scope, ()))
+
+
+def _cosine(a: Vector, b: Vector) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return dot / norm if norm else 0.0
 
 
 class KeywordSearch(Protocol):
@@ -358,8 +395,11 @@ class MemoryWriter:
         batch_size: int = 32,
         policy: CarePolicy | None = None,
         queue: WorkQueue[TurnRecord] | None = None,
+        priority: ReplyPriority | None = None,
     ) -> None:
         self._store = store
+        self._priority = priority
+        """Replies being prepared go first (``ReplyPriority``); None: never wait."""
         self.policy = policy or CarePolicy()
         self._care_lock = asyncio.Lock()  # the worker and ``remember`` never interleave care
         self.observers: list[Callable[[Sequence[StoredMessage]], None]] = []
@@ -413,15 +453,10 @@ class MemoryWriter:
                     self._queue.task_done()
 
     async def write(self, batch: Sequence[TurnRecord]) -> None:
-        """Store replies and memories of a batch of turns."""
-        for turn in batch:
-            if turn.reply is not None:
-                await self._store.add_message(turn.reply)
-        for turn in batch:
-            if turn.recalled_ids:
-                await self._store.mark_memories_used(
-                    turn.user_message.user_key, turn.recalled_ids, at=utcnow()
-                )
+        """Store the replies and memories of a batch of turns, across users: one transaction
+        (replies, new memories, memories used) and one vector upsert per user. Memory care adds
+        its own small writes for the memories it reinforces or supersedes."""
+        await self._give_way()
         remembered = [turn for turn in batch if worth_remembering(turn.user_message.content)]
         records = [
             MemoryRecord(
@@ -439,11 +474,15 @@ class MemoryWriter:
             for turn in remembered
             for m in (turn.user_message,)
         ]
-        if records:
-            embeddings = await self._embeddings(records, [turn.embedding for turn in remembered])
-            async with self._care_lock:
-                for record, embedding in zip(records, embeddings, strict=True):
-                    await self._write_with_care(record, embedding)
+        embeddings = await self._embeddings(records, [turn.embedding for turn in remembered])
+        used: dict[str, list[str]] = {}
+        for turn in batch:
+            used.setdefault(turn.user_message.user_key, []).extend(turn.recalled_ids)
+        commit = _GroupCommit(
+            messages=[turn.reply for turn in batch if turn.reply is not None], used=used, at=utcnow()
+        )
+        async with self._care_lock:
+            await self._care_for(records, embeddings, commit)
         if remembered:
             for observe in self.observers:
                 observe([turn.user_message for turn in remembered])
@@ -455,12 +494,25 @@ class MemoryWriter:
             return
         embeddings = await self._embeddings(records, [None] * len(records))
         async with self._care_lock:
-            for record, embedding in zip(records, embeddings, strict=True):
-                await self._write_with_care(record, embedding)
+            await self._care_for(records, embeddings, _GroupCommit(at=utcnow()))
 
-    async def _write_with_care(self, record: MemoryRecord, embedding: Vector) -> None:
-        """One memory, checked against its nearest current memories: a contradicted one is
-        superseded, a duplicate reinforced (and nothing new stored), otherwise it is added."""
+    async def _care_for(
+        self, records: Sequence[MemoryRecord], embeddings: Sequence[Vector], commit: _GroupCommit
+    ) -> None:
+        """Check each memory against its nearest current memories (staged in ``commit``), then
+        commit. A memory close to one staged in the same batch commits what is staged first, so
+        that it is checked against it too."""
+        for record, embedding in zip(records, embeddings, strict=True):
+            await self._give_way()
+            if commit.stages_near(record.user_key, embedding, self.policy.related_similarity):
+                await self._commit(commit)
+                commit = _GroupCommit(at=commit.at)
+            await self._plan(record, embedding, commit)
+        await self._commit(commit)
+
+    async def _plan(self, record: MemoryRecord, embedding: Vector, commit: _GroupCommit) -> None:
+        """One memory: a contradicted one is superseded, a duplicate reinforced (and nothing new
+        stored), otherwise it is added."""
         policy = self.policy
         user_key = record.user_key
         neighbours = [
@@ -478,7 +530,6 @@ class MemoryWriter:
             (h for h in neighbours if h.similarity >= policy.duplicate_similarity and h not in contradicted),
             None,
         )
-        at = utcnow()
         if duplicate is not None and not contradicted:
             known = str(duplicate.metadata.get("sources") or "").split(",")
             fresh = [source for source in record.source_message_ids if source not in known]
@@ -490,44 +541,45 @@ class MemoryWriter:
                     user_key,
                     duplicate.id,
                     source_message_id=source,
-                    at=at,
+                    at=commit.at,
                     importance_delta=policy.reinforce_delta if source == fresh[0] else 0.0,
                     max_importance=policy.max_importance,
                 )
                 if state is None:
                     break
             if state is not None:
-                meta = dict(duplicate.metadata)
-                meta.update(
+                commit.update(
+                    user_key,
+                    duplicate.id,
                     sources=",".join(state.source_message_ids),
                     importance=state.importance,
                     mentions=state.mentions,
                 )
-                await self._refresh_vector(user_key, duplicate, meta)
                 self.reinforced += 1
                 return
-        await self._store.add_memories([record])
-        await self._vectors.add(
-            user_key,
-            [
-                VectorItem(
-                    id=record.id, text=record.text, embedding=embedding, metadata=vector_metadata(record)
-                )
-            ],
-        )
-        for old in contradicted:
-            if await self._store.supersede_memory(user_key, old.id, superseded_by=record.id, at=at):
-                await self._refresh_vector(user_key, old, {**old.metadata, "superseded_by": record.id})
-                self.superseded += 1
+        commit.add(record, embedding)
+        commit.supersede.extend((user_key, old.id, record.id) for old in contradicted)
 
-    async def _refresh_vector(
-        self, user_key: str, hit: VectorHit, metadata: dict[str, MetadataValue]
-    ) -> None:
-        """Rewrite a stored vector's metadata (the vector store replaces an item whole)."""
-        [embedding] = await self._embedder.embed([hit.text])
-        await self._vectors.add(
-            user_key, [VectorItem(id=hit.id, text=hit.text, embedding=embedding, metadata=metadata)]
+    async def _commit(self, commit: _GroupCommit) -> None:
+        """Write what ``commit`` staged: the store first (one transaction), then the vectors."""
+        await self._give_way()
+        await self._store.write_batch(
+            WriteBatch(
+                messages=commit.messages, memories=commit.memories, used=commit.used, used_at=commit.at
+            )
         )
+        for scope, items in commit.vectors.items():
+            await self._vectors.add(scope, items)
+        for user_key, old_id, new_id_ in commit.supersede:
+            if await self._store.supersede_memory(user_key, old_id, superseded_by=new_id_, at=commit.at):
+                commit.update(user_key, old_id, superseded_by=new_id_)
+                self.superseded += 1
+        for scope, metadata in commit.metadata.items():
+            await self._vectors.update_metadata(scope, metadata)
+
+    async def _give_way(self) -> None:
+        if self._priority is not None:
+            await self._priority.give_way()
 
     async def _embeddings(
         self, records: Sequence[MemoryRecord], known: Sequence[Vector | None]

@@ -5,8 +5,7 @@
               ``engine/identity.py``), which every step below uses
             → persist the user's message (before the LLM is called: nothing is lost)
             → context: recent turns (cache, else the store), the user's relevant memories,
-              profile, persona, emotion — gathered concurrently
-            → the conversation is free for the next message (see "Concurrency" below)
+              profile, persona, emotion — gathered concurrently (see "Concurrency" below)
             → prompt within the token budget → LLM, streamed to the caller
             → after the reply: the reply joins the recent turns at once; storing it and
               writing memories happen in the background (``MemoryWriter``)
@@ -15,13 +14,16 @@ An LLM failure or timeout becomes a short apology (``ReplyKind.APOLOGY``); the e
 goes to the log.
 
 Concurrency within a conversation
-    A message holds its conversation (``ConversationLocks``: FIFO, across processes with Redis)
-    from the middleware until its context is taken, so messages are persisted and see each other
-    in their recent turns in the order they arrived; generation then runs in parallel with the
-    next messages. One account's messages in a conversation are still answered one after another
-    (:class:`_ReplyChain`): the second waits for the reply to the first and has it in its prompt,
-    as a person who sends two lines in a row expects. In a DM, where everyone is one person, that
-    is strict order; in a busy channel only each person's own messages wait.
+    Recall (embedding, vector and keyword search), the persona and the relationship do not
+    depend on order: they start as soon as a message arrives. Only storing the message and
+    reading the recent turns hold the conversation (``ConversationLocks``: FIFO, across
+    processes with Redis), so messages are stored and see each other in their recent turns in
+    the order they arrived; generation then runs in parallel with the next messages. One
+    account's messages in a conversation are still answered one after another
+    (:class:`_ReplyChain`): the second waits for the reply to the first and has it in its
+    prompt, as a person who sends two lines in a row expects. In a DM, where everyone is one
+    person, that is strict order; in a busy channel only each person's own messages wait.
+    While context is gathered, background writers give way (``ReplyPriority``).
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from engine.background import ReplyPriority
 from engine.checkins import CHECKIN_SETTING
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, InputError, LLMError, StorageError, WriteRefused
@@ -114,8 +116,11 @@ class Engine:
         metrics: Metrics | None = None,
         locks: ConversationLocks | None = None,
         identity: IdentityLinker | None = None,
+        priority: ReplyPriority | None = None,
     ) -> None:
         self.llm = llm
+        # replies being prepared go before background work that shares it (the memory writer)
+        self.priority = priority or ReplyPriority()
         # linked accounts resolve to one identity; None: every account is its own identity
         self.identity = identity
         # one message per conversation at a time, in arrival order (across processes with Redis)
@@ -165,52 +170,54 @@ class Engine:
         """Answer one message; iterate the result for chunks, or ``await .collect()``.
 
         ``on_placed`` is called once the message holds its place in the conversation (it has
-        the conversation's lock): from then on a later message may be handed to the engine
-        without overtaking it. An adapter that prepares messages concurrently uses it to hand
-        them over in arrival order."""
-        return ReplyStream(self._in_turn(message, on_placed))
-
-    async def _in_turn(
-        self, message: UniversalMessage, on_placed: Callable[[], None] | None
-    ) -> AsyncIterator[str | AIResponse]:
-        """The whole answer, holding the conversation from arrival until the context is taken."""
-        async with AsyncExitStack() as place:
-            await place.enter_async_context(self.locks.hold(message.conversation_key))
-            if on_placed is not None:
-                on_placed()
-            async for item in self._through_middleware(message, place):
-                yield item
+        the conversation's lock), or once it is known that it never will (middleware answered
+        it): from then on a later message may be handed to the engine without overtaking it.
+        An adapter that prepares messages concurrently uses it to hand them over in arrival
+        order."""
+        return ReplyStream(self._through_middleware(message, _Once(on_placed)))
 
     async def _through_middleware(
-        self, message: UniversalMessage, place: AsyncExitStack
+        self, message: UniversalMessage, placed: _Once
     ) -> AsyncIterator[str | AIResponse]:
         async def answer(msg: UniversalMessage) -> ReplyStream:
-            return ReplyStream(self._answer(msg, place))
+            return ReplyStream(self._answer(msg, placed))
 
         call: Next = answer
         for layer in reversed(self.middleware):
             call = _bind(layer, call)
-        stream = await call(message)
-        async for item in stream._raw():
-            yield item
-        self.metrics.message_handled(message.platform, str(stream.response.kind))
-
-    async def _answer(
-        self, message: UniversalMessage, place: AsyncExitStack
-    ) -> AsyncIterator[str | AIResponse]:
-        started = time.perf_counter()
-        self.in_flight += 1
-        reply = self._replies.join(message.conversation_key, message.user_key)
         try:
-            async for item in self._answer_inner(message, started, place, reply):
+            stream = await call(message)
+            async for item in stream._raw():
                 yield item
         finally:
-            reply.finish()
+            placed()  # answered by middleware, or failed before its turn
+        self.metrics.message_handled(message.platform, str(stream.response.kind))
+
+    async def _answer(self, message: UniversalMessage, placed: _Once) -> AsyncIterator[str | AIResponse]:
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            try:
+                with self.priority.reply():  # background writers wait while context is gathered
+                    context = await self._context(message, placed)
+            except WriteRefused as exc:  # not stored: say so rather than answer and forget it
+                logger.error(
+                    "message of %s in %s refused: %s", message.user_key, message.conversation_key, exc
+                )
+                yield NOT_SAVED
+                yield AIResponse(content=NOT_SAVED, kind=ReplyKind.APOLOGY, error=str(exc))
+                return
+            try:
+                async for item in self._reply(message, context, started):
+                    yield item
+            finally:
+                context.reply_link.finish()
+        finally:
             self.in_flight -= 1
 
-    async def _answer_inner(
-        self, message: UniversalMessage, started: float, place: AsyncExitStack, reply_link: _ReplyLink
-    ) -> AsyncIterator[str | AIResponse]:
+    async def _context(self, message: UniversalMessage, placed: _Once) -> _Context:
+        """Everything the prompt needs. Only storing the message and reading the recent turns
+        hold the conversation (in arrival order); the rest runs while the message waits."""
         user_key = await self.resolve_user_key(message.user_key)  # linked accounts: one identity
         stored = StoredMessage(
             id=stored_message_id(message),
@@ -226,32 +233,55 @@ class Engine:
             platform_message_id=message.message_id,
             created_at=message.timestamp,
         )
-        # History is read before this message is added to it.
-        turns_task = asyncio.create_task(self._recent_turns(message.conversation_key, exclude_id=stored.id))
-        # Stored before the LLM is called, alongside the context reads.
+        unordered = [
+            asyncio.ensure_future(a)
+            for a in (self._recall(message, user_key), self._persona(message), self._relationship(user_key))
+        ]
         try:
-            profile, (memories, embedding), persona, turns, relationship = await _all_of(
-                self._persist_user_message(message, stored),
-                self._recall(message, user_key),
-                self._persona(message),
-                turns_task,
-                self._relationship(user_key),
-            )
-        except WriteRefused as exc:  # not stored: say so rather than answer and forget it
-            logger.error("message %s of %s refused: %s", stored.id, message.user_key, exc)
-            yield NOT_SAVED
-            yield AIResponse(content=NOT_SAVED, kind=ReplyKind.APOLOGY, error=str(exc))
-            return
+            async with self.locks.hold(message.conversation_key):
+                placed()
+                reply_link = self._replies.join(message.conversation_key, message.user_key)
+                try:
+                    # stored before the LLM is called (nothing is lost); history read before
+                    # this message joins it
+                    profile, turns = await _all_of(
+                        self._persist_user_message(message, stored),
+                        self._recent_turns(message.conversation_key, exclude_id=stored.id),
+                    )
+                    turn = Turn("user", message.content, message.user_name, message.timestamp)
+                    await self._remember_turn(message.conversation_key, turn)
+                except BaseException:
+                    reply_link.finish()
+                    raise
+            try:
+                (memories, embedding), persona, relationship = await _all_of(*unordered)
+            except BaseException:
+                reply_link.finish()
+                raise
+        finally:
+            await _settle(unordered)
         # The recall embedding ("Name: content") doubles as the classifier's input: no second model run.
         emotion = (await self.emotion.detect(message.content, embedding)).label
-        if relationship is not None:
-            relationship = relationship.with_profile(profile)
-        await self._remember_turn(
-            message.conversation_key, Turn("user", message.content, message.user_name, message.timestamp)
+        return _Context(
+            user_key=user_key,
+            stored=stored,
+            profile=profile,
+            turns=turns,
+            memories=memories,
+            embedding=embedding,
+            persona=persona,
+            relationship=relationship.with_profile(profile) if relationship is not None else None,
+            emotion=emotion,
+            reply_link=reply_link,
         )
-        await place.aclose()  # persisted and in context: the next message may go ahead
-        # this account's previous message in the conversation: its reply comes first, and is heard
-        previous_reply = await reply_link.previous()
+
+    async def _reply(
+        self, message: UniversalMessage, context: _Context, started: float
+    ) -> AsyncIterator[str | AIResponse]:
+        """The prompt, once the reply to this account's previous message (if still coming) is
+        there, then the LLM's answer, streamed; the turn goes to the background writer."""
+        turns, persona, profile, user_key = context.turns, context.persona, context.profile, context.user_key
+        previous_reply = await context.reply_link.previous()
         if previous_reply is not None and previous_reply not in turns:  # came after the snapshot
             turns = [*turns, previous_reply]
         prompt = build_prompt(
@@ -259,12 +289,12 @@ class Engine:
             user_message=message.content,
             user_name=message.user_name,
             turns=turns,
-            memories=memories,
+            memories=context.memories,
             profile=profile,
             budget=self.config.budget,
-            emotion=emotion,
+            emotion=context.emotion,
             group_chat=not message.is_direct,
-            relationship=relationship,
+            relationship=context.relationship,
         )
         context_done = time.perf_counter()
 
@@ -313,12 +343,12 @@ class Engine:
         )
         reply_turn = Turn("assistant", content, self.bot_name, reply.created_at)
         await self._remember_turn(message.conversation_key, reply_turn)
-        reply_link.finish(reply_turn)
+        context.reply_link.finish(reply_turn)
         await self.writer.submit(
             TurnRecord(
-                user_message=stored,
+                user_message=context.stored,
                 reply=reply,
-                embedding=embedding,
+                embedding=context.embedding,
                 # used = shown to the model, not merely found
                 recalled_ids=tuple(hit.memory_id for hit in prompt.memories_included),
                 # keyword context from the turn before, in a DM only: in a channel that turn may
@@ -330,7 +360,7 @@ class Engine:
         )
         if profile is not None:  # only users the store knows; the tracker writes in the background
             self.relationships.observe(
-                Observation(user_key, message.content, emotion, profile, message.timestamp)
+                Observation(user_key, message.content, context.emotion, profile, message.timestamp)
             )
         ms = 1000.0
         self.metrics.reply_timed(
@@ -342,7 +372,7 @@ class Engine:
             content=content,
             kind=kind,
             persona=persona.name,
-            emotion=emotion,
+            emotion=context.emotion,
             memories_used=prompt.memories_included,
             timings=Timings(
                 context_ms=(context_done - started) * ms,
@@ -575,6 +605,43 @@ async def _all_of(*awaitables: Awaitable[Any]) -> list[Any]:
         if error is not None:
             raise error
     return [t.result() for t in tasks]
+
+
+class _Once:
+    """Calls ``callback`` the first time it is called, then never again."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None] | None) -> None:
+        self._callback = callback
+
+    def __call__(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What ``Engine._context`` gathered for one message's prompt."""
+
+    user_key: str
+    stored: StoredMessage
+    profile: UserProfile | None
+    turns: list[Turn]
+    memories: list[MemoryHit]
+    embedding: Vector | None
+    persona: Persona
+    relationship: RelationshipProfile | None
+    emotion: str
+    reply_link: _ReplyLink
+
+
+async def _settle(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks not done yet and wait until every one has finished."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _ReplyLink:

@@ -77,6 +77,23 @@ class MemoryRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """What the memory writer stores for a batch of turns, in one transaction
+    (``ConversationStore.write_batch``)."""
+
+    messages: Sequence[StoredMessage] = ()
+    """Turns to store (the assistant's replies); an id already stored changes nothing."""
+    memories: Sequence[MemoryRecord] = ()
+    """New memories (``add_memories``' rules)."""
+    used: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Owner user_key → ids of their memories shown to the model (``mark_memories_used``)."""
+    used_at: datetime | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.memories or any(self.used.values()))
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryState:
     """A memory's care fields (``engine/memory_care.py``), as the store keeps them."""
 
@@ -196,6 +213,11 @@ class ConversationStore(Protocol):
 
     async def user_messages(self, user_key: str, limit: int = 1000) -> list[StoredMessage]:
         """The oldest ``limit`` messages written by, or replied to, this user; oldest first."""
+        ...
+
+    async def write_batch(self, batch: WriteBatch) -> None:
+        """Store a batch's messages, add its memories and mark its used memories, all in one
+        transaction (the memory writer's group commit)."""
         ...
 
     async def add_memories(self, memories: Sequence[MemoryRecord]) -> None:

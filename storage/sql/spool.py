@@ -49,6 +49,7 @@ from engine.ports import (
     MergedUser,
     StoredMessage,
     UserProfile,
+    WriteBatch,
 )
 from storage.sql.store import SQLConversationStore
 from storage.vector.outbox import OutboxEntry, OutboxOp
@@ -417,6 +418,14 @@ class SpoolingConversationStore:
                 await store.add_message(_message(args["message"]))
             case "add_memories":
                 await store.add_memories([_memory(m) for m in args["memories"]])
+            case "write_batch":
+                batch = WriteBatch(
+                    messages=[_message(m) for m in args["messages"]],
+                    memories=[_memory(m) for m in args["memories"]],
+                    used=a["used"],
+                    used_at=a["used_at"],
+                )
+                await store.write_batch(batch)
             case "set_setting":
                 await store.set_setting(a["scope"], a["key"], a["value"])
             case "delete_setting":
@@ -542,6 +551,20 @@ class SpoolingConversationStore:
         await self._write(
             "add_message", {"message": asdict(message)}, lambda: self.store.add_message(message), lambda: None
         )
+
+    async def write_batch(self, batch: WriteBatch) -> None:
+        if not batch:
+            return
+        for record in (*batch.messages, *batch.memories):
+            if record.created_at.tzinfo is None:
+                raise ValueError(f"created_at must be timezone-aware (got naive {record.created_at!r})")
+        args = {
+            "messages": [asdict(m) for m in batch.messages],
+            "memories": [asdict(m) for m in batch.memories],
+            "used": {owner: list(dict.fromkeys(ids)) for owner, ids in batch.used.items() if ids},
+            "used_at": batch.used_at,
+        }
+        await self._write("write_batch", args, lambda: self.store.write_batch(batch), lambda: None)
 
     async def recent_messages(self, conversation_key: str, limit: int) -> list[StoredMessage]:
         return await self.store.recent_messages(conversation_key, limit)

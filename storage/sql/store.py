@@ -46,6 +46,7 @@ from engine.ports import (
     MergedUser,
     StoredMessage,
     UserProfile,
+    WriteBatch,
 )
 from storage.sql.schema import memories, messages, settings, users, vector_outbox
 from storage.vector.outbox import OutboxEntry, OutboxOp
@@ -726,6 +727,29 @@ class SQLConversationStore:
             await conn.execute(self._upserts.add_message, params)
             await conn.commit()
 
+    async def write_batch(self, batch: WriteBatch) -> None:
+        """Messages, new memories and memories used, in one transaction."""
+        if not batch:
+            return
+        for message in batch.messages:
+            _require_aware(message.created_at, "created_at")
+        used = {owner: list(dict.fromkeys(ids)) for owner, ids in batch.used.items() if ids}
+        if used:
+            if batch.used_at is None:
+                raise ValueError("used_at is required when memories are marked used")
+            _require_aware(batch.used_at, "used_at")
+        rows = self._memory_rows(batch.memories)
+        async with self._connect("write_batch", single=False, write=True) as conn:
+            if batch.messages:
+                params = [{f.name: getattr(m, f.name) for f in fields(StoredMessage)} for m in batch.messages]
+                await conn.execute(self._upserts.add_message, params)
+            if rows:
+                await conn.execute(self._upserts.add_memories, rows)
+            for owner, ids in used.items():
+                for chunk in _chunks(ids):
+                    await conn.execute(_MARK_USED, {"owner": owner, "ids": chunk, "at": batch.used_at})
+            await conn.commit()
+
     async def recent_messages(self, conversation_key: str, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages of a conversation, oldest first."""
         if limit <= 0:
@@ -751,6 +775,13 @@ class SQLConversationStore:
         """
         if not memories:
             return
+        rows = self._memory_rows(memories)
+        async with self._connect("add_memories", single=len(rows) == 1, write=True) as conn:
+            await conn.execute(self._upserts.add_memories, rows)
+            await conn.commit()
+
+    @staticmethod
+    def _memory_rows(memories: Sequence[MemoryRecord]) -> list[dict[str, Any]]:
         now = datetime.now(UTC)
         rows = []
         for memory in memories:
@@ -771,9 +802,7 @@ class SQLConversationStore:
                     "use_count": 0,
                 }
             )
-        async with self._connect("add_memories", single=len(rows) == 1, write=True) as conn:
-            await conn.execute(self._upserts.add_memories, rows)
-            await conn.commit()
+        return rows
 
     async def get_memories(self, user_key: str, ids: Sequence[str]) -> list[MemoryRecord]:
         """The user's memories with these ids, in the order of ``ids``; others' ids are skipped."""

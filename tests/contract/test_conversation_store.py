@@ -22,7 +22,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
 from engine.errors import BackendUnavailable, ConfigError, StorageError
-from engine.ports import MemoryRecord, StoredMessage, UserProfile
+from engine.ports import MemoryRecord, StoredMessage, UserProfile, WriteBatch
 from storage.sql import schema
 from storage.sql.store import SQLConversationStore, database_kind
 from tests.conftest import fresh_postgres_database
@@ -617,6 +617,47 @@ async def test_mark_memories_used_counts_uses_in_scope(sql_store: SQLConversatio
     assert (states["a2"].use_count, states["a2"].last_used_at) == (0, None)
     [b1] = await sql_store.memory_states("discord:2")
     assert (b1.use_count, b1.last_used_at) == (0, None)
+
+
+async def test_write_batch_stores_messages_memories_and_uses_across_users_at_once(
+    sql_store: SQLConversationStore,
+) -> None:
+    await sql_store.add_memories([memory("old1"), memory("old2", user="discord:2")])
+    batch = WriteBatch(
+        messages=[
+            message("r1", role="assistant", at_s=1),
+            message("r2", conversation="discord:c2", user="discord:2", role="assistant", at_s=2),
+        ],
+        memories=[memory("n1", at_s=1), memory("n2", user="discord:2", at_s=2)],
+        used={"discord:1": ["old1", "old1", "old2"], "discord:2": ["old2"]},
+        used_at=at(5),
+    )
+    await sql_store.write_batch(batch)
+    await sql_store.write_batch(batch)  # written again (a replay): messages and memories once
+    assert [m.id for m in await sql_store.recent_messages("discord:c1", 10)] == ["r1"]
+    assert [m.id for m in await sql_store.recent_messages("discord:c2", 10)] == ["r2"]
+    assert [m.id for m in await sql_store.get_memories("discord:1", ["n1", "n2"])] == ["n1"]
+    assert [m.id for m in await sql_store.get_memories("discord:2", ["n1", "n2"])] == ["n2"]
+    states = {
+        s.id: s
+        for s in [*await sql_store.memory_states("discord:1"), *await sql_store.memory_states("discord:2")]
+    }
+    # another user's memory id is never marked by this user's use
+    assert (states["old1"].use_count, states["old1"].last_used_at) == (2, at(5))
+    assert (states["old2"].use_count, states["old2"].last_used_at) == (2, at(5))
+    assert (states["n1"].use_count, states["n2"].use_count) == (0, 0)
+    await sql_store.write_batch(WriteBatch())  # nothing to do
+
+
+async def test_write_batch_is_one_transaction(sql_store: SQLConversationStore) -> None:
+    """A batch that fails half way (a message row the database refuses) leaves nothing behind."""
+    bad = replace(message("bad", role="assistant"), role=None)  # type: ignore[arg-type]
+    with pytest.raises(StorageError):
+        await sql_store.write_batch(
+            WriteBatch(messages=[message("ok", role="assistant"), bad], memories=[memory("m")])
+        )
+    assert await sql_store.recent_messages("discord:c1", 10) == []
+    assert await sql_store.get_memories("discord:1", ["m"]) == []
 
 
 async def test_stale_memories_are_idle_unimportant_and_paged_by_id(sql_store: SQLConversationStore) -> None:
