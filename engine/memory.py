@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import re
@@ -38,7 +39,7 @@ from typing import Protocol
 
 from engine.background import ReplyPriority, drain_and_stop
 from engine.errors import WhisperEngineError
-from engine.events import MemoryHit, new_id, utcnow
+from engine.events import MemoryHit, utcnow
 from engine.memory_care import CarePolicy, contradicts, score_importance
 from engine.ports import (
     ConversationStore,
@@ -78,6 +79,12 @@ class TurnRecord:
 def memory_text(user_name: str, content: str) -> str:
     """What is stored, embedded and queried: who said it matters as much as what was said."""
     return f"{user_name}: {content.strip()}"
+
+
+def message_memory_id(message: StoredMessage) -> str:
+    """The id of the memory made of a user's message: the same every time that message is
+    written, so a job done twice (at-least-once delivery) writes one memory."""
+    return hashlib.sha256(f"memory:{message.id}".encode()).hexdigest()[:32]
 
 
 def speaker_of(text: str) -> str:
@@ -460,7 +467,7 @@ class MemoryWriter:
         remembered = [turn for turn in batch if worth_remembering(turn.user_message.content)]
         records = [
             MemoryRecord(
-                id=new_id(),
+                id=message_memory_id(m),
                 user_key=m.user_key,
                 text=memory_text(m.user_name, m.content),
                 created_at=m.created_at,
@@ -515,11 +522,10 @@ class MemoryWriter:
         stored), otherwise it is added."""
         policy = self.policy
         user_key = record.user_key
-        neighbours = [
-            h
-            for h in await self._vectors.query(user_key, embedding, policy.neighbours)
-            if not _superseded(h) and h.id != record.id and h.similarity >= policy.related_similarity
-        ]
+        hits = await self._vectors.query(user_key, embedding, policy.neighbours)
+        if any(h.id == record.id for h in hits):
+            return  # written before: a job done again after a crash
+        neighbours = [h for h in hits if not _superseded(h) and h.similarity >= policy.related_similarity]
         contradicted = [  # a message never contradicts itself: a fact drawn from it leaves it be
             h
             for h in neighbours
@@ -570,9 +576,9 @@ class MemoryWriter:
         )
         for scope, items in commit.vectors.items():
             await self._vectors.add(scope, items)
-        for user_key, old_id, new_id_ in commit.supersede:
-            if await self._store.supersede_memory(user_key, old_id, superseded_by=new_id_, at=commit.at):
-                commit.update(user_key, old_id, superseded_by=new_id_)
+        for user_key, old_id, newer_id in commit.supersede:
+            if await self._store.supersede_memory(user_key, old_id, superseded_by=newer_id, at=commit.at):
+                commit.update(user_key, old_id, superseded_by=newer_id)
                 self.superseded += 1
         for scope, metadata in commit.metadata.items():
             await self._vectors.update_metadata(scope, metadata)

@@ -14,16 +14,17 @@ An LLM failure or timeout becomes a short apology (``ReplyKind.APOLOGY``); the e
 goes to the log.
 
 Concurrency within a conversation
-    Recall (embedding, vector and keyword search), the persona and the relationship do not
-    depend on order: they start as soon as a message arrives. Only storing the message and
-    reading the recent turns hold the conversation (``ConversationLocks``: FIFO, across
-    processes with Redis), so messages are stored and see each other in their recent turns in
-    the order they arrived; generation then runs in parallel with the next messages. One
-    account's messages in a conversation are still answered one after another
-    (:class:`_ReplyChain`): the second waits for the reply to the first and has it in its
-    prompt, as a person who sends two lines in a row expects. In a DM, where everyone is one
-    person, that is strict order; in a busy channel only each person's own messages wait.
-    While context is gathered, background writers give way (``ReplyPriority``).
+    Storing the message, recall (embedding, vector and keyword search), the persona and the
+    relationship do not depend on order: they start as soon as a message arrives. Only reading
+    the recent turns and adding the message to them hold the conversation
+    (``ConversationLocks``: FIFO, across processes with Redis), so every message sees the ones
+    that arrived before it, and none after; stored messages are ordered by their platform
+    timestamps. Generation then runs in parallel with the next messages. One account's
+    messages in a conversation are still answered one after another (:class:`_ReplyChain`):
+    the second waits for the reply to the first and has it in its prompt, as a person who
+    sends two lines in a row expects. In a DM, where everyone is one person, that is strict
+    order; in a busy channel only each person's own messages wait. While context is gathered,
+    background writers give way (``ReplyPriority``).
 """
 
 from __future__ import annotations
@@ -216,8 +217,8 @@ class Engine:
             self.in_flight -= 1
 
     async def _context(self, message: UniversalMessage, placed: _Once) -> _Context:
-        """Everything the prompt needs. Only storing the message and reading the recent turns
-        hold the conversation (in arrival order); the rest runs while the message waits."""
+        """Everything the prompt needs. Only the recent turns hold the conversation (in arrival
+        order); the rest runs while the message waits for its turn."""
         user_key = await self.resolve_user_key(message.user_key)  # linked accounts: one identity
         stored = StoredMessage(
             id=stored_message_id(message),
@@ -233,28 +234,30 @@ class Engine:
             platform_message_id=message.message_id,
             created_at=message.timestamp,
         )
+        # Stored before the LLM is called (nothing is lost), alongside everything that does not
+        # depend on the conversation's order, all started while the message waits for its turn.
         unordered = [
             asyncio.ensure_future(a)
-            for a in (self._recall(message, user_key), self._persona(message), self._relationship(user_key))
+            for a in (
+                self._persist_user_message(message, stored),
+                self._recall(message, user_key),
+                self._persona(message),
+                self._relationship(user_key),
+            )
         ]
         try:
             async with self.locks.hold(message.conversation_key):
                 placed()
                 reply_link = self._replies.join(message.conversation_key, message.user_key)
-                try:
-                    # stored before the LLM is called (nothing is lost); history read before
-                    # this message joins it
-                    profile, turns = await _all_of(
-                        self._persist_user_message(message, stored),
-                        self._recent_turns(message.conversation_key, exclude_id=stored.id),
-                    )
+                try:  # history read before this message joins it, then joined: in arrival order
+                    turns = await self._recent_turns(message.conversation_key, exclude_id=stored.id)
                     turn = Turn("user", message.content, message.user_name, message.timestamp)
                     await self._remember_turn(message.conversation_key, turn)
                 except BaseException:
                     reply_link.finish()
                     raise
             try:
-                (memories, embedding), persona, relationship = await _all_of(*unordered)
+                profile, (memories, embedding), persona, relationship = await _all_of(*unordered)
             except BaseException:
                 reply_link.finish()
                 raise
