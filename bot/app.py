@@ -21,7 +21,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from config.settings import LLMBackendName, Settings
 from config.urls import redact_url
@@ -308,10 +308,16 @@ async def start_vectors(
 
 
 async def start_memory_jobs(
-    settings: Settings, cache_choice: str, stack: contextlib.AsyncExitStack, notes: list[str]
+    settings: Settings,
+    cache_choice: str,
+    stack: contextlib.AsyncExitStack,
+    notes: list[str],
+    *,
+    take_shared: bool = True,
 ) -> tuple[WorkQueue[TurnRecord] | None, str]:
     """The memory writer's jobs in Redis when the cache is there: every process sharing it takes
-    part in the writing, and queued jobs outlive a crash. None: the writer's in-process queue."""
+    part in the writing (``take_shared=False``: leaves them to ``whisperengine worker``), and
+    queued jobs outlive a crash. None: the writer's in-process queue."""
     if not (settings.redis_url and cache_choice.startswith("redis")):
         return None, "in-process"
     from storage.cache.jobs import RedisWorkQueue, decode_turn, encode_turn
@@ -323,6 +329,8 @@ async def start_memory_jobs(
         decode=decode_turn,
         prefix=settings.redis_prefix,
         maxsize=settings.memory_queue_size,
+        alive_ttl_s=settings.memory_jobs_alive_s,
+        take_shared=take_shared,
     )
     try:
         await queue.start()
@@ -332,6 +340,8 @@ async def start_memory_jobs(
         notes.append(note)
         return None, "in-process"
     stack.push_async_callback(queue.aclose)
+    if not take_shared:
+        return queue, "redis (done by whisperengine worker)"
     return queue, "redis (shared by every process)"
 
 
@@ -417,8 +427,13 @@ def make_memory_care(
 
 
 @contextlib.asynccontextmanager
-async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterator[App]:
-    """Start every component for ``settings``; close them all on exit, newest first."""
+async def build_app(
+    settings: Settings, *, with_web: bool = True, role: Literal["bot", "worker"] = "bot"
+) -> AsyncIterator[App]:
+    """Start every component for ``settings``; close them all on exit, newest first.
+
+    ``role="worker"``: the process of ``whisperengine worker``, which does the background
+    memory work that bot processes leave to it (``MEMORY_WORKER=external``)."""
     if settings.web_enabled and settings.api_token is None and not is_loopback(settings.web_host):
         raise ConfigError(
             f"the REST API would be open to the network on {settings.web_host} without a token",
@@ -473,7 +488,22 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
         from bot.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
-        memory_jobs, memory_jobs_choice = await start_memory_jobs(settings, cache_choice, stack, notes)
+        # MEMORY_WORKER=external: bot processes only queue the memory work for workers
+        leave_to_workers = settings.memory_worker == "external" and role == "bot"
+        memory_jobs, memory_jobs_choice = await start_memory_jobs(
+            settings, cache_choice, stack, notes, take_shared=not leave_to_workers
+        )
+        if memory_jobs is None:
+            if role == "worker":
+                raise ConfigError(
+                    "whisperengine worker takes its jobs from Redis: set REDIS_URL to the bots' Redis",
+                    variable="REDIS_URL",
+                )
+            if leave_to_workers:
+                note = "MEMORY_WORKER=external needs Redis; the memory work stays in this process"
+                logger.warning("%s", note)
+                notes.append(note)
+                leave_to_workers = False
         priority = ReplyPriority()  # the memory writer gives way to replies being prepared
         writer = MemoryWriter(
             store,
@@ -513,11 +543,13 @@ async def build_app(settings: Settings, *, with_web: bool = True) -> AsyncIterat
             emotion=emotion,
             bot_name=settings.bot_name,
             locks=locks,
-            care=make_memory_care(settings, store, vectors, write_embedder, memory_llm),
+            care=None
+            if leave_to_workers
+            else make_memory_care(settings, store, vectors, write_embedder, memory_llm),
         )
         await engine.start()
         stack.push_async_callback(engine.aclose)
-        if memory_llm is not None:
+        if memory_llm is not None and not leave_to_workers:
             extractor = FactExtractor(writer, memory_llm, batch_turns=settings.memory_extraction_batch_turns)
             writer.observers.append(extractor.observe)
             await extractor.start()

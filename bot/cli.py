@@ -58,6 +58,20 @@ async def run(settings: Settings) -> int:
     return 0
 
 
+async def worker(settings: Settings) -> int:
+    """Do the background memory work the bot processes queue in Redis, until SIGINT/SIGTERM."""
+    async with build_app(settings, with_web=False, role="worker") as app:
+        logger.info(
+            "memory worker started: jobs %s; store %s; vectors %s",
+            app.choices["jobs"],
+            app.choices["store"],
+            app.choices["vectors"],
+        )
+        await _wait_for_stop()
+        logger.info("memory worker stopping: finishing the jobs it holds")
+    return 0
+
+
 async def chat(settings: Settings, user: str | None) -> int:
     from bot.terminal import chat as terminal_chat
 
@@ -123,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_parser = sub.add_parser("chat", help="chat with the bot in this terminal")
     chat_parser.add_argument("--user", help="your name in the conversation (default: your login)")
     sub.add_parser("doctor", help="show what was detected and chosen for every port, and its health")
+    sub.add_parser(
+        "worker", help="do the background memory work that bots with MEMORY_WORKER=external queue in Redis"
+    )
     secret_parser = sub.add_parser("secret", help="store secrets encrypted with ENCRYPTION_KEY")
     secret_parser.add_argument("action", choices=["set", "delete", "list", "new-key"])
     secret_parser.add_argument("name", nargs="?", help="the secret's variable name, e.g. OPENAI_API_KEY")
@@ -145,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(chat(settings, args.user))
             case "doctor":
                 return asyncio.run(doctor(settings))
+            case "worker":
+                return asyncio.run(worker(settings))
             case "secret":
                 from bot.secret_command import secret_command
 

@@ -80,6 +80,18 @@ class Settings(BaseSettings):
     memory_top_k: int = Field(8, ge=0, le=100, description="Most long-term memories recalled per message.")
     memory_min_similarity: float = Field(0.25, ge=-1, le=1, description="Weakest recall still used.")
     memory_queue_size: int = Field(1000, ge=1, description="Bound of the background memory-write queue.")
+    memory_worker: Literal["in-process", "external"] = Field(
+        "in-process",
+        description="Where the background memory work (writes, care, facts, summaries) runs: in every "
+        "bot process, or (external) in `whisperengine worker` processes that take it from the Redis "
+        "queue, so bot processes only answer. external needs REDIS_URL.",
+    )
+    memory_jobs_alive_s: float = Field(
+        30.0,
+        gt=0,
+        description="A process that has not renewed its heartbeat in Redis for this long is taken "
+        "for dead: the memory jobs it held go to another.",
+    )
     rate_limit_messages: int = Field(10, ge=0, description="Messages per user per window; 0 = no limit.")
     rate_limit_window_s: float = Field(60.0, gt=0, description="Length of the rate-limit window, in seconds.")
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message.")

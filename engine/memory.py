@@ -420,6 +420,8 @@ class MemoryWriter:
         self._queue: WorkQueue[TurnRecord] = queue if queue is not None else asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._worker: asyncio.Task[None] | None = None
+        self._writing = False
+        self._stopping = False
         self.written = 0
         self.failed = 0
 
@@ -439,9 +441,15 @@ class MemoryWriter:
         await self._queue.join()
 
     async def aclose(self, timeout_s: float = 30.0) -> None:
-        if self._worker is None:
+        """Write what this process queued, finish the batch in progress (a shared queue's
+        other jobs stay for the other writers), then stop."""
+        worker = self._worker
+        if worker is None:
             return
-        await drain_and_stop(self._worker, self._queue, timeout_s=timeout_s, what="memory writer")
+        self._stopping = True
+        if self._writing:
+            await asyncio.wait({worker}, timeout=timeout_s)
+        await drain_and_stop(worker, self._queue, timeout_s=timeout_s, what="memory writer")
         self._worker = None
 
     async def _run(self) -> None:
@@ -449,6 +457,7 @@ class MemoryWriter:
             batch = [await self._queue.get()]
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._writing = True
             try:
                 await self.write(batch)
                 self.written += len(batch)
@@ -456,8 +465,11 @@ class MemoryWriter:
                 self.failed += len(batch)
                 logger.exception("memory writer: failed to store %d turns", len(batch))
             finally:
+                self._writing = False
                 for _ in batch:
                     self._queue.task_done()
+            if self._stopping and self._queue.empty():
+                return  # stopping: nothing more taken here to write
 
     async def write(self, batch: Sequence[TurnRecord]) -> None:
         """Store the replies and memories of a batch of turns, across users: one transaction

@@ -77,10 +77,12 @@ def run_cli(
 
 
 class BotProcess:
-    """One ``whisperengine run`` child; a context manager that stops it on exit."""
+    """One ``whisperengine run`` (or ``worker``) child; a context manager that stops it on exit."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, command: str = "run") -> None:
+        """``command``: the ``whisperengine`` command to run (``run``, ``worker``)."""
         self.env = env
+        self.command = command
         self.log_path = log_path
         self._log: IO[str] | None = None
         self._proc: subprocess.Popen[str] | None = None
@@ -91,7 +93,7 @@ class BotProcess:
         self._log = self.log_path.open("w")
         # run where a stray .env of the developer's cannot change the settings
         self._proc = subprocess.Popen(
-            [EXE, "run"],
+            [EXE, self.command],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -138,6 +140,16 @@ class BotProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self._proc.returncode
+
+    def kill(self) -> int:
+        """SIGKILL: the process dies at once, as in a crash; returns the exit status."""
+        assert self._proc is not None, "not started"
+        self._proc.kill()
+        self._proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None

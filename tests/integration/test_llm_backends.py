@@ -376,8 +376,9 @@ async def test_llamacpp_missing_model_is_a_config_error(tmp_path: Any) -> None:
 async def test_llamacpp_corrupt_model_is_a_config_error(tmp_path: Any) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all")
-    with pytest.raises(ConfigError, match="cannot load"):
+    with pytest.raises(ConfigError, match="not a GGUF model file"):
         await LlamaCppChat(str(bad)).start()
+
 
 
 async def test_fake_server_fail_next_counts_and_down_up_keeps_the_port() -> None:
