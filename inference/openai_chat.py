@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 import openai
 from openai import AsyncOpenAI, AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
@@ -96,15 +97,14 @@ class OpenAIChat:
                 body=body,
                 cast_to=ChatCompletion,
                 stream=True,
-                stream_cls=AsyncStream[ChatCompletionChunk],
+                stream_cls=AsyncStream[dict[str, Any]],
             )
             try:
-                async for chunk in response:
-                    for choice in chunk.choices:
-                        text = choice.delta.content if choice.delta is not None else None
-                        if text:
-                            produced = True
-                            yield text
+                async for chunk in response:  # plain JSON: no typed model built per token
+                    text = _delta_text(chunk)
+                    if text:
+                        produced = True
+                        yield text
             finally:
                 await response.close()
         except openai.APIError as exc:
@@ -137,3 +137,16 @@ class OpenAIChat:
                 f"{self.name}: HTTP {exc.status_code}: {self._message(exc)}{hint}", status=exc.status_code
             )
         return LLMError(f"{self.name}: {self._message(exc)}")
+
+
+def _delta_text(chunk: object) -> str:
+    """The text of a ``chat.completion.chunk`` (its choices' deltas); "" for anything else."""
+    if not isinstance(chunk, dict):
+        return ""
+    parts = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+    return "".join(parts)
