@@ -21,7 +21,6 @@ else the default; choices are stored as settings in the conversation store.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 
 from engine.errors import ConfigError
 from engine.events import UniversalMessage
+from engine.memo import SettingsMemo
 from engine.ports import ConversationStore
 
 logger = logging.getLogger(__name__)
@@ -158,25 +158,17 @@ class PersonaSelector:
     ) -> None:
         self.library = library
         self._store = store
-        self._memo_ttl_s = memo_ttl_s
-        self._memo: dict[str, tuple[float, str | None]] = {}
-        self._versions: dict[str, int] = {}
+        self._memo: SettingsMemo[str, str | None] = SettingsMemo(ttl_s=memo_ttl_s)
 
     async def _choice(self, scope: str) -> str | None:
-        now = time.monotonic()
-        hit = self._memo.get(scope)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        version = self._versions.get(scope, 0)
-        value = await self._store.get_setting(scope, PERSONA_SETTING)
-        name = value if isinstance(value, str) else None
-        if self._versions.get(scope, 0) == version:  # a set() meanwhile wins over this older read
-            self._memo[scope] = (now + self._memo_ttl_s, name)
-        return name
+        async def read() -> str | None:
+            value = await self._store.get_setting(scope, PERSONA_SETTING)
+            return value if isinstance(value, str) else None
+
+        return await self._memo.get(scope, read)
 
     def _remember(self, scope: str, name: str | None) -> None:
-        self._versions[scope] = self._versions.get(scope, 0) + 1
-        self._memo[scope] = (time.monotonic() + self._memo_ttl_s, name)
+        self._memo.put(scope, name)
 
     async def for_message(self, message: UniversalMessage) -> Persona:
         scopes = [channel_scope(message.platform, message.channel_id)]

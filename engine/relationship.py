@@ -354,6 +354,7 @@ class RelationshipTracker:
         self._store = store
         self._queue: asyncio.Queue[Observation] = asyncio.Queue(maxsize=queue_size)
         self._memo: OrderedDict[str, RelationshipProfile] = OrderedDict()
+        self._reads: dict[str, asyncio.Future[RelationshipProfile]] = {}
         self._memo_size = memo_size
         self._recent = recent_emotions
         self._worker: asyncio.Task[None] | None = None
@@ -390,12 +391,21 @@ class RelationshipTracker:
         """The user's relationship (memoised), brought up to date with ``profile`` when given."""
         cached = self._memo.get(user_key)
         if cached is None:
-            stored = await self._store.get_setting(user_key, RELATIONSHIP_SETTING)
-            cached = RelationshipProfile.from_json(user_key, stored)
-            self._remember(cached)
+            # a burst of one user's messages reads the stored relationship once
+            reading = self._reads.get(user_key)
+            if reading is None:
+                reading = self._reads[user_key] = asyncio.ensure_future(self._read(user_key))
+                reading.add_done_callback(lambda _: self._reads.pop(user_key, None))
+            cached = await asyncio.shield(reading)
         else:
             self._memo.move_to_end(user_key)
         return cached.with_profile(profile)
+
+    async def _read(self, user_key: str) -> RelationshipProfile:
+        stored = await self._store.get_setting(user_key, RELATIONSHIP_SETTING)
+        relationship = self._memo.get(user_key) or RelationshipProfile.from_json(user_key, stored)
+        self._remember(relationship)
+        return relationship
 
     async def set_preferred_name(self, user_key: str, name: str | None) -> bool:
         """Set (``None``: clear) the user's preferred name; False when the user is unknown."""

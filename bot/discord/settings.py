@@ -12,10 +12,10 @@ another process within ``memo_ttl_s``.
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from engine.memo import SettingsMemo
 from engine.persona import channel_scope, guild_scope
 from engine.ports import ConversationStore
 
@@ -55,35 +55,20 @@ class GuildConfig:
     rate_limit: GuildRateLimit | None = None
 
 
-_MISSING = object()
-
-
 class DiscordSettings:
     def __init__(self, store: ConversationStore, *, memo_ttl_s: float = 30.0) -> None:
         self._store = store
-        self._memo_ttl_s = memo_ttl_s
-        self._memo: dict[tuple[str, str], tuple[float, Any]] = {}
-        self._generation: dict[tuple[str, str], int] = {}
+        self._memo: SettingsMemo[tuple[str, str], Any] = SettingsMemo(ttl_s=memo_ttl_s)
 
     async def _get(self, scope: str, key: str) -> Any:
-        now = time.monotonic()
-        hit = self._memo.get((scope, key))
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        generation = self._generation.get((scope, key), 0)
-        value = await self._store.get_setting(scope, key)
-        # A change made while this read was in flight wins over what the read found.
-        if self._generation.get((scope, key), 0) == generation:
-            self._memo[(scope, key)] = (now + self._memo_ttl_s, value)
-        return value
+        return await self._memo.get((scope, key), lambda: self._store.get_setting(scope, key))
 
     async def _set(self, scope: str, key: str, value: Any) -> None:
-        self._generation[(scope, key)] = self._generation.get((scope, key), 0) + 1
         if value is None:
             await self._store.delete_setting(scope, key)
         else:
             await self._store.set_setting(scope, key, value)
-        self._memo[(scope, key)] = (time.monotonic() + self._memo_ttl_s, value)
+        self._memo.put((scope, key), value)
 
     # --- channels ---------------------------------------------------------------------------
 

@@ -72,7 +72,7 @@ async def test_a_choice_made_while_a_lookup_is_in_flight_is_not_overwritten() ->
     store = SlowSettings()
     selector = PersonaSelector(PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember"), store)  # type: ignore[arg-type]
     stale_read = asyncio.create_task(selector._choice("channel:test:c1"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)  # the read has begun, and waits
     await selector.set("channel:test:c1", "sage")
     store.release.set()
     assert await stale_read is None
