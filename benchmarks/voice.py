@@ -160,12 +160,12 @@ async def bench_end_to_end(
 
     from config.settings import PACKAGED_PERSONAS
     from engine.events import UniversalMessage
-    from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
     from engine.memory import MemoryRecall, MemoryWriter
     from engine.persona import PersonaLibrary, PersonaSelector
     from engine.pipeline import Engine, EngineConfig
     from storage.cache.memory import MemoryCache
     from storage.sql import SQLConversationStore
+    from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
     async with AsyncExitStack() as stack:
         platform_server = FakePlatform(note)

@@ -608,9 +608,8 @@ async def build_app(
 
 async def start_platforms(app: App, stack: contextlib.AsyncExitStack) -> list[str]:
     """Start every platform whose token is set, with the voice engines they use; their names."""
-    from adapters.slack import start_slack
-    from adapters.telegram import start_telegram
     from bot.discord import start_discord
+    from bot.platforms import start_slack, start_telegram
 
     settings = app.settings
     stt: SpeechToText | None = None

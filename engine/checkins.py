@@ -64,13 +64,13 @@ from engine.events import ChatMessage, MemoryHit, Turn, UniversalMessage, new_id
 from engine.memory import record_hit
 from engine.ports import DirectMessenger, StoredMessage, UserProfile
 from engine.prompt import build_prompt
+from engine.user_settings import CHECKIN_SETTING
 
 if TYPE_CHECKING:
     from engine.pipeline import Engine
 
 logger = logging.getLogger(__name__)
 
-CHECKIN_SETTING = "checkin"
 DEFAULT_GRACE = timedelta(minutes=30)
 MAX_INTERVAL_DAYS = 7
 BACK_OFF_AFTER = 2

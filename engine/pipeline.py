@@ -40,7 +40,6 @@ from datetime import datetime
 from typing import Any
 
 from engine.background import ReplyPriority
-from engine.checkins import CHECKIN_SETTING
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, InputError, LLMError, StorageError, WriteRefused
 from engine.events import AIResponse, MemoryHit, ReplyKind, Timings, Turn, UniversalMessage, new_id, utcnow
@@ -49,7 +48,7 @@ from engine.locks import LocalConversationLocks
 from engine.memory import MemoryRecall, MemoryWriter, TurnRecord, memory_text
 from engine.memory_care import MemoryCare
 from engine.middleware import LengthLimit, Middleware, Next, RateLimiter, ignore_own_messages
-from engine.persona import PERSONA_SETTING, Persona, PersonaSelector
+from engine.persona import Persona, PersonaSelector
 from engine.ports import (
     LLM,
     Cache,
@@ -64,11 +63,10 @@ from engine.ports import (
 from engine.prompt import PromptBudget, build_prompt, estimate_tokens
 from engine.relationship import RELATIONSHIP_SETTING, Observation, RelationshipProfile, RelationshipTracker
 from engine.reply import ReplyStream
+from engine.user_settings import USER_SETTINGS
 
 logger = logging.getLogger(__name__)
 
-# The settings kept under a user's own scope (scope = user_key), exported with their data.
-USER_SETTINGS = (RELATIONSHIP_SETTING, PERSONA_SETTING, CHECKIN_SETTING)
 
 APOLOGY = "Sorry, I couldn't come up with a reply just now. Please try again in a moment."
 PREVIOUS_REPLY_WAIT_S = 300.0

@@ -3,7 +3,7 @@
 Implementations live outside ``engine/`` (``storage/``, ``inference/``, ``voice/``) and are
 chosen by the composition root (``bot/app.py``). Every implementation has async
 ``start()`` and ``aclose()``; ``ping()`` raises :class:`engine.errors.BackendUnavailable`
-when its service is down. Fakes for unit tests are in ``engine/fakes.py``.
+when its service is down. Fakes for unit tests are in ``tests/fakes/ports.py``.
 
 Scopes: every record belongs to a scope string and no query crosses scopes.
 User scopes are ``UniversalMessage.user_key`` (``"discord:1234"``); guild settings use

@@ -5,37 +5,24 @@ error from the command tree.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import discord
 from discord import app_commands
 
 from engine.checkins import CheckinScheduler, time_zone_names
 from engine.errors import InputError
 
+from .host import command_host, identity
 from .translate import PLATFORM
-
-if TYPE_CHECKING:
-    from .client import DiscordAdapter
 
 CHECKINS_OFF = "Check-ins aren't enabled on this bot."
 NO_CHECKINS = "You have no check-ins. `/checkin set time:08:00 timezone:Europe/Berlin` makes me DM you daily."
 
 
-def _adapter(interaction: discord.Interaction) -> DiscordAdapter:
-    return interaction.client.adapter  # type: ignore[attr-defined, no-any-return]
-
-
 def _scheduler(interaction: discord.Interaction) -> CheckinScheduler:
-    scheduler = _adapter(interaction).checkins
+    scheduler = command_host(interaction).checkins
     if scheduler is None:
         raise InputError(CHECKINS_OFF)
     return scheduler
-
-
-async def _identity(interaction: discord.Interaction) -> str:
-    """The user's identity: the same for every account they linked."""
-    return await _adapter(interaction).engine.resolve_user_key(f"{PLATFORM}:{interaction.user.id}")
 
 
 class CheckinCommands(app_commands.Group):
@@ -50,7 +37,7 @@ class CheckinCommands(app_commands.Group):
     async def set_checkin(self, interaction: discord.Interaction, time: str, timezone: str) -> None:
         scheduler = _scheduler(interaction)
         schedule = await scheduler.set_schedule(
-            await _identity(interaction),
+            await identity(interaction),
             platform=PLATFORM,
             user_id=str(interaction.user.id),
             user_name=interaction.user.display_name,
@@ -71,14 +58,14 @@ class CheckinCommands(app_commands.Group):
 
     @app_commands.command(name="off", description="Stop the check-ins")
     async def off(self, interaction: discord.Interaction) -> None:
-        stopped = await _scheduler(interaction).turn_off(await _identity(interaction))
+        stopped = await _scheduler(interaction).turn_off(await identity(interaction))
         text = "Check-ins are off: I won't DM you first." if stopped else NO_CHECKINS
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="show", description="Show when the bot checks in on you")
     async def show(self, interaction: discord.Interaction) -> None:
         scheduler = _scheduler(interaction)
-        schedule = await scheduler.schedule_of(await _identity(interaction))
+        schedule = await scheduler.schedule_of(await identity(interaction))
         text = scheduler.describe(schedule) if schedule is not None else NO_CHECKINS
         await interaction.response.send_message(text, ephemeral=True)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import discord
 from discord import app_commands
@@ -31,12 +31,10 @@ from engine.persona import channel_scope, guild_scope
 from .checkin_commands import CheckinCommands
 from .config import DISCORD_LIMIT
 from .data import export_json, export_user_data, forget_memories
+from .host import CommandHost, account_key, command_host, identity
 from .permissions import NotAdmin, is_admin
 from .settings import ChannelMode, GuildRateLimit, ThreadMode
 from .translate import PLATFORM
-
-if TYPE_CHECKING:
-    from .client import DiscordAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +42,6 @@ T = TypeVar("T")
 
 CONFIRM_TIMEOUT_S = 120.0
 MEMORIES_SHOWN = 15
-
-
-def _adapter(interaction: discord.Interaction) -> DiscordAdapter:
-    return interaction.client.adapter  # type: ignore[attr-defined, no-any-return]
-
-
-def _user_key(interaction: discord.Interaction) -> str:
-    return f"{PLATFORM}:{interaction.user.id}"
-
-
-async def _identity(interaction: discord.Interaction) -> str:
-    """The user's identity: the same for every account they linked with ``/link``."""
-    return await _adapter(interaction).engine.resolve_user_key(_user_key(interaction))
 
 
 def _conversation_channel_id(interaction: discord.Interaction) -> int:
@@ -71,7 +56,7 @@ def admin_only() -> Callable[[T], T]:
     """A check: Manage Server, or the configured admin role (see ``permissions``)."""
 
     async def predicate(interaction: discord.Interaction) -> bool:
-        admin_role = _adapter(interaction).config.admin_role
+        admin_role = command_host(interaction).config.admin_role
         if not is_admin(interaction, admin_role):
             raise NotAdmin(admin_role)
         return True
@@ -135,7 +120,7 @@ class PersonaCommands(app_commands.Group):
 
     @app_commands.command(name="list", description="List the personas this bot knows")
     async def list_personas(self, interaction: discord.Interaction) -> None:
-        library = _adapter(interaction).engine.personas.library
+        library = command_host(interaction).engine.personas.library
         lines = []
         for name in library.names():
             persona = library.get(name)
@@ -146,7 +131,7 @@ class PersonaCommands(app_commands.Group):
 
     @app_commands.command(name="show", description="Show the persona active in this channel")
     async def show_persona(self, interaction: discord.Interaction) -> None:
-        engine = _adapter(interaction).engine
+        engine = command_host(interaction).engine
         probe = UniversalMessage(
             content="",
             user_id=str(interaction.user.id),
@@ -170,7 +155,7 @@ class PersonaCommands(app_commands.Group):
         name: str,
         scope: Literal["channel", "server"] = "channel",
     ) -> None:
-        engine = _adapter(interaction).engine
+        engine = command_host(interaction).engine
         if scope == "server":
             if interaction.guild_id is None:
                 raise InputError("scope:server only works in a server.")
@@ -187,7 +172,7 @@ class PersonaCommands(app_commands.Group):
     async def _persona_names(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = _adapter(interaction).engine.personas.library.names()
+        names = command_host(interaction).engine.personas.library.names()
         return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n][:25]
 
 
@@ -200,9 +185,9 @@ class MemoryCommands(app_commands.Group):
 
     @app_commands.command(name="show", description="Show what the bot remembers about you (only you see it)")
     async def show_memories(self, interaction: discord.Interaction) -> None:
-        adapter = _adapter(interaction)
+        adapter = command_host(interaction)
         store = adapter.store
-        user_key = await _identity(interaction)
+        user_key = await identity(interaction)
         total = await store.count_memories(user_key)
         about = await _about_us(adapter, user_key)
         if total == 0:
@@ -235,8 +220,8 @@ class MemoryCommands(app_commands.Group):
     async def forget(
         self, interaction: discord.Interaction, memory_id: str | None = None, confirm: bool = False
     ) -> None:
-        adapter = _adapter(interaction)
-        user_key = await _identity(interaction)
+        adapter = command_host(interaction)
+        user_key = await identity(interaction)
         ids: list[str] | None = None
         if memory_id is not None:
             prefix = memory_id.strip().strip("`")
@@ -267,9 +252,9 @@ class MemoryCommands(app_commands.Group):
 
     @app_commands.command(name="export", description="Get everything stored about you as a JSON file")
     async def export(self, interaction: discord.Interaction) -> None:
-        adapter = _adapter(interaction)
+        adapter = command_host(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        data = await export_user_data(adapter.engine, adapter.store, await _identity(interaction))
+        data = await export_user_data(adapter.engine, adapter.store, await identity(interaction))
         payload = export_json(data)
         if len(payload) > interaction.filesize_limit:
             await interaction.followup.send(
@@ -282,7 +267,7 @@ class MemoryCommands(app_commands.Group):
         await interaction.followup.send(f"Here is your data: {summary}", file=file, ephemeral=True)
 
 
-async def _about_us(adapter: DiscordAdapter, user_key: str) -> list[str]:
+async def _about_us(adapter: CommandHost, user_key: str) -> list[str]:
     """The relationship profile in one line (stage, interactions, trend, preferred name)."""
     profile = await adapter.store.get_user(user_key)
     if profile is None:
@@ -309,8 +294,8 @@ class PrivacyCommands(app_commands.Group):
     )
     @app_commands.describe(confirm="skip the confirmation buttons")
     async def forget_me(self, interaction: discord.Interaction, confirm: bool = False) -> None:
-        adapter = _adapter(interaction)
-        user_key = _user_key(interaction)
+        adapter = command_host(interaction)
+        user_key = account_key(interaction)
 
         async def action() -> str:
             removed = await adapter.engine.forget_user(user_key)
@@ -339,7 +324,7 @@ class ChannelCommands(app_commands.Group):
     async def mode(
         self, interaction: discord.Interaction, mode: Literal["mention-only", "always", "off"] | None = None
     ) -> None:
-        settings = _adapter(interaction).settings
+        settings = command_host(interaction).settings
         channel_id = interaction.channel_id
         if channel_id is None:
             raise InputError("This command works in a channel.")
@@ -368,7 +353,7 @@ class ConfigCommands(app_commands.Group):
     @app_commands.command(name="show", description="Show this server's settings")
     @admin_only()
     async def show(self, interaction: discord.Interaction) -> None:
-        adapter = _adapter(interaction)
+        adapter = command_host(interaction)
         assert interaction.guild_id is not None
         config = await adapter.settings.guild_config(interaction.guild_id)
         thread = config.thread_mode or adapter.config.thread_mode
@@ -396,7 +381,7 @@ class ConfigCommands(app_commands.Group):
     async def thread_mode(
         self, interaction: discord.Interaction, mode: Literal["off", "auto", "always", "default"]
     ) -> None:
-        adapter = _adapter(interaction)
+        adapter = command_host(interaction)
         assert interaction.guild_id is not None
         chosen = None if mode == "default" else ThreadMode(mode)
         await adapter.settings.set_thread_mode(interaction.guild_id, chosen)
@@ -416,7 +401,7 @@ class ConfigCommands(app_commands.Group):
             raise InputError("messages must be between 0 and 1000.")
         if not 1 <= window_seconds <= 86400:
             raise InputError("window_seconds must be between 1 and 86400.")
-        adapter = _adapter(interaction)
+        adapter = command_host(interaction)
         assert interaction.guild_id is not None
         limit = GuildRateLimit(messages, float(window_seconds)) if messages > 0 else None
         await adapter.settings.set_rate_limit(interaction.guild_id, limit)
@@ -431,8 +416,8 @@ class ConfigCommands(app_commands.Group):
 @app_commands.command(name="link", description="Link your accounts on other platforms (only you see it)")
 @app_commands.describe(code="the code /link gave you on your other account; leave empty to get a code")
 async def link(interaction: discord.Interaction, code: str | None = None) -> None:
-    engine = _adapter(interaction).engine
-    user_key = _user_key(interaction)
+    engine = command_host(interaction).engine
+    user_key = account_key(interaction)
     if code is None:
         issued = await engine.start_link(user_key)
         await interaction.response.send_message(link_instructions(issued, emphasis="**"), ephemeral=True)
@@ -444,7 +429,7 @@ async def link(interaction: discord.Interaction, code: str | None = None) -> Non
 
 @app_commands.command(name="status", description="Health of the bot: backends, LLM, latency, queues")
 async def status(interaction: discord.Interaction) -> None:
-    adapter = _adapter(interaction)
+    adapter = command_host(interaction)
     await interaction.response.defer(ephemeral=True, thinking=True)
     await interaction.followup.send(await adapter.status_text(), ephemeral=True)
 

@@ -139,18 +139,15 @@ class RedisWorkQueue(Generic[T]):
             connect_timeout_s=self._connect_timeout_s,
             socket_timeout_s=_BLOCK_MS / 1000 + 5.0,  # a blocking XREADGROUP waits: leave room
         )
+        self._client = client
         try:
             with self._errors():
                 await client.set(self._alive, "1", px=self._alive_ms)
-                try:
-                    await client.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+            await self._ensure_group()
         except BaseException:
+            self._client = None
             await client.aclose()
             raise
-        self._client = client
         if self.take_shared:
             await self.requeue_stale()
         self._tasks = [
@@ -204,8 +201,12 @@ class RedisWorkQueue(Generic[T]):
         client = self._redis()
         try:
             while True:  # back-pressure: wait for consumers to take some
-                if await self._waiting() < self.maxsize:
-                    break
+                try:
+                    if await self._waiting() < self.maxsize:
+                        break
+                except StorageError:  # the stream or its group was deleted: made again
+                    await self._ensure_group()
+                    continue
                 await asyncio.sleep(0.05)
             with self._errors():
                 async with asyncio.timeout(self.op_timeout_s), client.pipeline(transaction=True) as pipe:
@@ -285,6 +286,15 @@ class RedisWorkQueue(Generic[T]):
         self._handed.append(taken)
         return taken.job
 
+    async def _ensure_group(self) -> None:
+        """The stream and its consumer group, made if they are not there."""
+        with self._errors():
+            try:
+                await self._redis().xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):  # there already: fine
+                    raise
+
     async def _waiting(self) -> int:
         """Jobs in the stream not yet delivered to any consumer."""
         with self._errors():
@@ -306,6 +316,11 @@ class RedisWorkQueue(Generic[T]):
             stop_if_cancelled()
             logger.warning("%s: cannot take jobs (retrying): %s", self._base, exc)
             await asyncio.sleep(_RETRY_S)
+            return
+        except StorageError as exc:  # the stream or its group was deleted (NOGROUP, UNBLOCKED)
+            stop_if_cancelled()
+            logger.warning("%s: the job stream is gone; making it again: %s", self._base, exc)
+            await self._ensure_group()
             return
         for _stream, entries in answer or ():
             await self._accept(entries)

@@ -14,12 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.errors import BackendUnavailable
-from engine.fakes import FakeEmbedder, InMemoryVectorMemory
 from engine.memory import MemoryWriter, TurnRecord
 from engine.ports import StoredMessage, WorkQueue
 from storage.cache.jobs import RedisWorkQueue, decode_turn, encode_turn
 from storage.sql import SQLConversationStore
 from tests.conftest import fresh_postgres_database, require_redis
+from tests.fakes.ports import FakeEmbedder, InMemoryVectorMemory
 
 QueueFactory = Callable[..., WorkQueue[str]]
 
@@ -351,3 +351,26 @@ async def test_two_memory_writers_share_one_queue(database_url: str, cleanup: li
         for queue in queues:
             await queue.aclose()
         await store.aclose()
+
+
+async def test_a_deleted_stream_is_made_again_and_jobs_go_on(
+    cleanup: list[str], redis_client: aioredis.Redis
+) -> None:
+    """Someone clears the keys (``FLUSHDB``, a prefix delete) while a consumer waits for jobs."""
+    prefix = unique_prefix()
+    cleanup.append(prefix)
+    queue = await redis_queue(prefix)
+    try:
+        waiting = asyncio.create_task(queue.get())
+        await asyncio.sleep(0.2)  # blocked in XREADGROUP
+        keys = [key async for key in redis_client.scan_iter(match=prefix + "*")]
+        await redis_client.delete(*keys)
+        await asyncio.sleep(0.2)
+        await queue.put("after the wipe")
+        async with asyncio.timeout(10):
+            assert await waiting == "after the wipe"
+        queue.task_done()
+        async with asyncio.timeout(5):
+            await queue.join()
+    finally:
+        await queue.aclose()

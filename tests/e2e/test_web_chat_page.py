@@ -16,13 +16,13 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from adapters.web import WebAdapter
 from config.settings import PACKAGED_PERSONAS
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.health import ComponentHealth
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
 from storage.cache.memory import MemoryCache
 from storage.sql import SQLConversationStore
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
 pytestmark = pytest.mark.slow
 

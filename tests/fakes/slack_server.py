@@ -425,8 +425,8 @@ async def running_slack(
 
     Yields ``(app, adapter)`` once the Events API listens (or the Socket Mode socket is open).
     """
-    from adapters.slack import start_slack
     from bot.app import build_app
+    from bot.platforms import start_slack
     from config.settings import Settings
     from tests.fakes.telegram_server import llm_settings
 

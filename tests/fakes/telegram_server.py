@@ -639,8 +639,8 @@ async def running_telegram(
 
     Yields ``(app, adapter)`` once the bot is polling (or its webhook is set).
     """
-    from adapters.telegram import start_telegram
     from bot.app import build_app
+    from bot.platforms import start_telegram
     from config.settings import Settings
 
     values = {**llm_settings(llm_base_url, data_dir), **telegram_settings(tg), **settings}

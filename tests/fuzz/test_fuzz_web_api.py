@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 
 from adapters.web import WebAdapter
 from config.settings import PACKAGED_PERSONAS
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.health import ComponentHealth
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
 from storage.cache.memory import MemoryCache
 from storage.sql import SQLConversationStore
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -24,7 +24,6 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from config.settings import PACKAGED_PERSONAS
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
@@ -33,6 +32,7 @@ from storage.cache.memory import MemoryCache
 from storage.cache.redis import RedisCache
 from storage.sql import SQLConversationStore
 from tests.conftest import fresh_postgres_database, require_redis
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
 
 @dataclass(slots=True)

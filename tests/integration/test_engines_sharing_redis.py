@@ -14,7 +14,6 @@ import pytest
 
 from config.settings import PACKAGED_PERSONAS
 from engine.events import ChatMessage, ReplyKind, UniversalMessage
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
@@ -22,6 +21,7 @@ from storage.cache.locks import RedisConversationLocks
 from storage.cache.redis import RedisCache
 from storage.sql import SQLConversationStore
 from tests.conftest import fresh_postgres_database, require_redis
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
 
 class OverlapLLM(FakeLLM):

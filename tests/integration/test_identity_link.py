@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from config.settings import PACKAGED_PERSONAS
 from engine.errors import InputError, LinkRefused
 from engine.events import ChatMessage, UniversalMessage
-from engine.fakes import FakeEmbedder, FakeLLM
 from engine.identity import CODE_ALPHABET, CODE_LENGTH, IdentityLinker, LinkResult, link_instructions
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
@@ -33,6 +32,7 @@ from engine.ports import Cache
 from engine.relationship import RELATIONSHIP_SETTING
 from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
+from tests.fakes.ports import FakeEmbedder, FakeLLM
 from tests.integration.conftest import cache_entries, started_store
 
 DISCORD, TELEGRAM = "discord:5150", "telegram:7007"

@@ -380,7 +380,6 @@ async def test_llamacpp_corrupt_model_is_a_config_error(tmp_path: Any) -> None:
         await LlamaCppChat(str(bad)).start()
 
 
-
 async def test_fake_server_fail_next_counts_and_down_up_keeps_the_port() -> None:
     async with FakeLLMServer(reply="fine") as fake:
         backend = openai_backend_for(fake)

@@ -21,7 +21,6 @@ from engine.compaction import SUMMARY_KIND, WATERMARK_PREFIX, CompactionPolicy, 
 from engine.errors import LLMError
 from engine.events import ChatMessage
 from engine.fact_extraction import FactExtractor
-from engine.fakes import FakeLLM
 from engine.memory import MemoryRecall, MemoryWriter, TurnRecord
 from engine.memory_care import MemoryCare
 from engine.memory_llm import BackgroundLLM, CallBudget
@@ -31,6 +30,7 @@ from inference.openai_chat import OpenAIChat
 from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
 from tests.fakes.llm_server import FakeLLMServer
+from tests.fakes.ports import FakeLLM
 from tests.integration.conftest import started_store
 
 NOW = datetime(2024, 6, 10, 12, 0, tzinfo=UTC)

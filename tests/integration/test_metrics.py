@@ -14,7 +14,6 @@ from adapters.web import WebAdapter
 from bot.metrics import PrometheusMetrics
 from config.settings import PACKAGED_PERSONAS
 from engine.errors import LLMError
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.health import ComponentHealth
 from engine.llm import ResilientLLM
 from engine.memory import MemoryRecall, MemoryWriter
@@ -22,6 +21,7 @@ from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
 from storage.cache.memory import MemoryCache
 from storage.sql import SQLConversationStore
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
 TOKEN = "metrics-token-Jf83kQ"
 REPLY = "Hello there, it is good to see you again today."

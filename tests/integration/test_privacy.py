@@ -25,7 +25,6 @@ from chromadb.config import Settings
 
 from config.settings import PACKAGED_PERSONAS
 from engine.events import ChatMessage, UniversalMessage
-from engine.fakes import FakeEmbedder, FakeLLM
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine
@@ -33,6 +32,7 @@ from engine.ports import Cache
 from engine.relationship import RELATIONSHIP_SETTING
 from storage.sql import SQLConversationStore
 from storage.vector.chroma import ChromaVectorMemory
+from tests.fakes.ports import FakeEmbedder, FakeLLM
 from tests.integration.conftest import cache_entries, started_store
 
 T = TypeVar("T")

@@ -20,11 +20,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from adapters.slack import start_slack
 from adapters.slack.adapter import SLACK_LIMIT, SlackAdapter, split_for_slack
 from adapters.slack.translate import escape
-from adapters.telegram import start_telegram
 from bot.app import build_app
+from bot.platforms import start_slack, start_telegram
 from config.settings import Settings
 from engine.errors import BackendUnavailable, ConfigError
 from tests.conftest import require_redis

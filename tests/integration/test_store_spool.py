@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from config.settings import PACKAGED_PERSONAS
 from engine.errors import BackendUnavailable, WriteRefused
 from engine.events import ReplyKind, UniversalMessage, utcnow
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import NOT_SAVED, Engine, stored_message_id
@@ -28,6 +27,7 @@ from storage.cache.memory import MemoryCache
 from storage.sql import schema
 from storage.sql.spool import SpoolingConversationStore, WriteSpool
 from storage.sql.store import SQLConversationStore
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from tests.fakes.private_postgres import PrivatePostgres, create_database, private_postgres
 
 __all__ = ["private_postgres"]  # the fixture, used by name

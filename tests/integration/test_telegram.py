@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from adapters.telegram import start_telegram
 from adapters.telegram.adapter import (
     ADMINS_ONLY,
     FORGET_CANCELLED,
@@ -40,6 +39,7 @@ from adapters.telegram.adapter import (
 )
 from adapters.textsplit import utf16_len
 from bot.app import build_app
+from bot.platforms import start_telegram
 from config.settings import Settings
 from engine.errors import BackendUnavailable, ConfigError, InputError
 from engine.ports import SpeechAudio, Transcript

@@ -14,10 +14,10 @@ import pytest
 
 from adapters.web import WebAdapter
 from engine.errors import LLMError
-from engine.fakes import FakeLLM
 from engine.health import ComponentHealth, probe
 from engine.pipeline import APOLOGY, EngineConfig
 from storage.cache.memory import MemoryCache
+from tests.fakes.ports import FakeLLM
 
 if TYPE_CHECKING:
     from tests.integration.conftest import EngineKit, MakeEngine

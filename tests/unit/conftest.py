@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from config.settings import PACKAGED_PERSONAS
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.memory import MemoryRecall, MemoryWriter
 from engine.memory_care import MemoryCare
 from engine.persona import PersonaLibrary, PersonaSelector
 from engine.pipeline import Engine, EngineConfig
 from storage.cache.memory import MemoryCache
 from storage.sql import SQLConversationStore
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
 
 @asynccontextmanager

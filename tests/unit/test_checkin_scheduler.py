@@ -15,9 +15,9 @@ import pytest
 from engine.checkins import CHECKIN_SETTING, CheckinSchedule, CheckinScheduler
 from engine.errors import InputError, LLMError
 from engine.events import ChatMessage, UniversalMessage
-from engine.fakes import FakeLLM
 from engine.pipeline import Engine
 from engine.ports import DirectMessageSent
+from tests.fakes.ports import FakeLLM
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CHECKIN_TEXT = "Good morning! How is the training going?"

@@ -12,7 +12,6 @@ import pytest
 from engine.emotion import EMOTIONS, EmotionResult, LexiconEmotionDetector
 from engine.errors import ConfigError
 from engine.events import UniversalMessage
-from engine.fakes import FakeEmbedder, FakeLLM
 from inference.emotion import (
     EmbeddingEmotionClassifier,
     TransformerEmotionClassifier,
@@ -21,6 +20,7 @@ from inference.emotion import (
     load_examples,
     map_label,
 )
+from tests.fakes.ports import FakeEmbedder, FakeLLM
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL = ROOT / "benchmarks" / "data" / "emotion_eval.jsonl"

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from engine.errors import LLMError, LLMTimeout
 from engine.events import ChatMessage, ReplyKind, UniversalMessage
-from engine.fakes import FakeLLM
 from engine.pipeline import APOLOGY, EngineConfig
+from tests.fakes.ports import FakeLLM
 
 
 def dm(text: str, user: str = "u1", name: str = "Alice", **kw: object) -> UniversalMessage:

@@ -23,11 +23,11 @@ from engine.fact_extraction import (
     extraction_prompt,
     parse_facts,
 )
-from engine.fakes import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 from engine.memory import MemoryWriter, TurnRecord
 from engine.memory_llm import BackgroundLLM, CallBudget
 from engine.ports import StoredMessage
 from storage.sql import SQLConversationStore
+from tests.fakes.ports import FakeEmbedder, FakeLLM, InMemoryVectorMemory
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from engine.events import UniversalMessage, utcnow
-from engine.fakes import FakeLLM
 from engine.memory_care import CarePolicy, MemoryState, contradicts, effective_importance, score_importance
 from engine.pipeline import Engine
 from tests.conftest import fresh_postgres_database, require_postgres
+from tests.fakes.ports import FakeLLM
 from tests.unit.conftest import engine_for
 
 USER = "test:u1"

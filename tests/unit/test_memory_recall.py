@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from engine.fakes import FakeEmbedder, InMemoryVectorMemory
 from engine.memory import (
     FusionWeights,
     MemoryRecall,
@@ -17,6 +16,7 @@ from engine.memory import (
 )
 from engine.ports import MemoryRecord, StoredMessage, VectorHit
 from storage.sql import SQLConversationStore
+from tests.fakes.ports import FakeEmbedder, InMemoryVectorMemory
 
 T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from engine.embedding import MicroBatchingEmbedder
-from engine.fakes import FakeEmbedder
 from engine.ports import Vector
+from tests.fakes.ports import FakeEmbedder
 
 
 class CountingEmbedder(FakeEmbedder):

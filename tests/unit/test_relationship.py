@@ -10,7 +10,6 @@ import pytest
 from config.settings import PACKAGED_PERSONAS
 from engine.errors import InputError
 from engine.events import UniversalMessage
-from engine.fakes import FakeLLM
 from engine.persona import PersonaLibrary
 from engine.ports import UserProfile
 from engine.prompt import PromptBudget, build_prompt
@@ -23,6 +22,7 @@ from engine.relationship import (
     emotion_trend,
     familiarity_stage,
 )
+from tests.fakes.ports import FakeLLM
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""Test doubles of the engine's ports, for unit tests of the engine itself.
+"""Test doubles of the engine's ports (``engine/ports.py``), for unit tests of the engine itself.
 
 Real backends (SQLite, the in-process cache, Chroma, MiniLM, the LLM clients) are
 tested against these same ports in ``tests/contract`` and ``tests/integration``.
