@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -67,6 +67,62 @@ class ActivityIndicator:
                 logger.debug("%s failed: %s", self._name, exc)
                 return
             await asyncio.sleep(self._every_s)
+
+
+class ActivityHold:
+    """One reply's claim on its channel's shared indicator (:class:`SharedActivity`)."""
+
+    __slots__ = ("_held", "_key", "_make", "_shared")
+
+    def __init__(self, shared: SharedActivity, key: Hashable, make: Callable[[], ActivityIndicator]) -> None:
+        self._shared = shared
+        self._key = key
+        self._make = make
+        self._held = False
+
+    def start(self) -> None:
+        if not self._held:
+            self._held = True
+            self._shared._acquire(self._key, self._make)
+
+    def stop(self) -> None:
+        if self._held:
+            self._held = False
+            self._shared._release(self._key)
+
+
+class SharedActivity:
+    """One indicator per channel, shown while any reply there is being prepared: a busy channel
+    sends one "typing" request every few seconds, not one for every message in it."""
+
+    def __init__(self) -> None:
+        self._shown: dict[Hashable, tuple[ActivityIndicator, int]] = {}
+
+    def hold(self, key: Hashable, make: Callable[[], ActivityIndicator]) -> ActivityHold:
+        """A claim on ``key``'s indicator (made with ``make`` by the first claim that starts)."""
+        return ActivityHold(self, key, make)
+
+    @property
+    def channels(self) -> int:
+        """Channels whose indicator is showing."""
+        return len(self._shown)
+
+    def _acquire(self, key: Hashable, make: Callable[[], ActivityIndicator]) -> None:
+        shown = self._shown.get(key)
+        if shown is None:
+            indicator = make()
+            indicator.start()
+            self._shown[key] = (indicator, 1)
+        else:
+            self._shown[key] = (shown[0], shown[1] + 1)
+
+    def _release(self, key: Hashable) -> None:
+        indicator, holders = self._shown[key]
+        if holders > 1:
+            self._shown[key] = (indicator, holders - 1)
+        else:
+            del self._shown[key]
+            indicator.stop()
 
 
 class MessageSink(Protocol[H]):

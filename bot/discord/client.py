@@ -53,6 +53,7 @@ import yarl
 
 from adapters.guard import PlatformGuard
 from adapters.ordering import ArrivalOrder, Ticket
+from adapters.streaming import ActivityHold, SharedActivity
 from adapters.textsplit import split_message
 from engine.checkins import CheckinScheduler
 from engine.errors import BackendUnavailable, ConfigError, InputError, WhisperEngineError
@@ -199,6 +200,8 @@ class DiscordAdapter:
         self.tree: WhisperCommandTree | None = None
         self._connection: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._typing = SharedActivity()
+        """One "typing…" indicator per channel, whatever the number of replies in progress there."""
         self._arrival = ArrivalOrder()
         """Each channel's messages are handed to the engine in the order they arrived."""
         self._our_messages: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -439,7 +442,7 @@ class DiscordAdapter:
             return
         me = self.client.user
         assert me is not None
-        typing = Typing(message.channel)
+        typing = self._typing_in(message.channel)
         typing.start()
         try:
             prepared = await self._prepare(message, me.id)
@@ -456,6 +459,11 @@ class DiscordAdapter:
             await self._answer(message, prepared, typing, progress, ticket)
         finally:
             typing.stop()
+
+    def _typing_in(self, channel: discord.abc.Messageable) -> ActivityHold:
+        """This reply's share of the channel's one "typing…" indicator."""
+        key = getattr(channel, "id", id(channel))
+        return self._typing.hold(key, lambda: Typing(channel))
 
     async def _prepare(self, message: discord.Message, bot_id: int) -> UniversalMessage | str:
         """The engine's message, or a notice to post instead (voice disabled, too long...)."""
@@ -538,7 +546,7 @@ class DiscordAdapter:
         self,
         message: discord.Message,
         universal: UniversalMessage,
-        typing: Typing,
+        typing: ActivityHold,
         progress: _Progress,
         ticket: Ticket,
     ) -> None:
@@ -549,7 +557,7 @@ class DiscordAdapter:
             thread = await self._open_thread(message, universal)
             if thread is not None:
                 typing.stop()
-                typing = Typing(thread)
+                typing = self._typing_in(thread)
                 typing.start()
                 target, reference = thread, None
                 universal = dataclasses.replace(universal, thread_id=str(thread.id))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 import discord
 
-from adapters.streaming import ActivityIndicator
+from adapters.streaming import ActivityHold, ActivityIndicator
 from adapters.textsplit import split_message
 from engine.errors import WhisperEngineError
 
@@ -70,7 +70,7 @@ class ReplyRenderer:
         edit_interval_s: float = 1.0,
         limit: int = DISCORD_LIMIT,
         continuation: Continuation | None = None,
-        typing: Typing | None = None,
+        typing: Typing | ActivityHold | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
