@@ -105,11 +105,6 @@ class LlamaCppChat:
             return
         if not self._path.is_file():
             raise ConfigError(f"GGUF model not found: {self._path}", variable=_VARIABLE)
-        with self._path.open("rb") as file:
-            # checked here: a file llama.cpp fails to read leaves a half-made model behind, whose
-            # finalizer raises (llama-cpp-python 0.3.16)
-            if file.read(4) != b"GGUF":
-                raise ConfigError(f"not a GGUF model file: {self._path}", variable=_VARIABLE)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         try:
             self._llm = await asyncio.get_running_loop().run_in_executor(executor, self._load)
