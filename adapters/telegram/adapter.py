@@ -61,6 +61,7 @@ from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
 from adapters.guard import PlatformGuard
+from adapters.ordering import ArrivalOrder, Ticket
 from adapters.streaming import ActivityIndicator, StreamRenderer
 from adapters.textsplit import split_text, utf16_len
 from engine.checkins import CheckinScheduler
@@ -270,6 +271,8 @@ class TelegramAdapter:
         self.webhook_port: int | None = None
         """The port the webhook route listens on (known after ``start()``), None when polling."""
         self._me: User | None = None
+        self._arrival = ArrivalOrder()
+        """A chat's messages reach the engine in the order they came (voice notes are transcribed first)."""
         self.checkins: CheckinScheduler | None = None
         """The check-in scheduler (``/checkin``), when check-ins are on."""
 
@@ -456,10 +459,14 @@ class TelegramAdapter:
             return
         if not is_addressed(message, self.me):
             return
-        content = strip_mention(message.text, self.me) or message.text
-        await self._answer_in_text(message, to_universal(message, self.me, content=content))
+        ticket = self._arrival.ticket(message.chat_id)  # before any await: in arrival order
+        try:
+            content = strip_mention(message.text, self.me) or message.text
+            await self._answer_in_text(message, to_universal(message, self.me, content=content), ticket)
+        finally:
+            ticket.pass_on()
 
-    async def _answer_in_text(self, message: Message, universal: UniversalMessage) -> None:
+    async def _answer_in_text(self, message: Message, universal: UniversalMessage, ticket: Ticket) -> None:
         thread = thread_id(message)
         typing = ChatActionLoop(self.bot, message.chat_id, thread, ChatAction.TYPING)
         sink = TelegramSink(
@@ -472,7 +479,8 @@ class TelegramAdapter:
         renderer = StreamRenderer(sink, split=split_for_telegram, edit_interval_s=self.config.edit_interval_s)
         typing.start()
         try:
-            await renderer.render(self.engine.handle(universal))
+            await ticket.turn()
+            await renderer.render(self.engine.handle(universal, on_placed=ticket.pass_on))
         except WhisperEngineError as exc:
             if isinstance(exc, BackendUnavailable) and exc.service == self.guard.service:
                 logger.error(
@@ -516,6 +524,13 @@ class TelegramAdapter:
             return
         if not is_addressed(message, self.me):
             return
+        ticket = self._arrival.ticket(message.chat_id)  # transcribed meanwhile, answered in turn
+        try:
+            await self._on_addressed_voice(message, ticket)
+        finally:
+            ticket.pass_on()
+
+    async def _on_addressed_voice(self, message: Message, ticket: Ticket) -> None:
         if self.stt is None:
             await self._say(message, VOICE_NOT_SET_UP, quiet=True)
             return
@@ -532,11 +547,11 @@ class TelegramAdapter:
         indicator = ChatActionLoop(self.bot, message.chat_id, thread_id(message), action)
         indicator.start()
         try:
-            await self._answer_voice(message, indicator)
+            await self._answer_voice(message, indicator, ticket)
         finally:
             indicator.stop()
 
-    async def _answer_voice(self, message: Message, indicator: ChatActionLoop) -> None:
+    async def _answer_voice(self, message: Message, indicator: ChatActionLoop, ticket: Ticket) -> None:
         voice = message.voice
         assert voice is not None and self.stt is not None
         content_type = voice.mime_type or "audio/ogg"
@@ -572,8 +587,9 @@ class TelegramAdapter:
         universal = to_universal(
             message, self.me, content=transcript, attachments=(attachment,), metadata={"voice": "true"}
         )
+        await ticket.turn()
         try:
-            response = await self.engine.handle(universal).collect()
+            response = await self.engine.handle(universal, on_placed=ticket.pass_on).collect()
         except WhisperEngineError as exc:
             logger.error("could not answer Telegram voice note %s: %s", universal.message_id, exc)
             await self._say(message, SOMETHING_WRONG, quiet=True)

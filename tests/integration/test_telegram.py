@@ -7,6 +7,7 @@ mode and start-up failures build their own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import math
@@ -82,6 +83,7 @@ class ScriptedSpeechToText:
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, str]] = []
         self.transcript = "what is the weather like on mars"
+        self.delay_s = 0.0
 
     name = "scripted"
 
@@ -93,6 +95,7 @@ class ScriptedSpeechToText:
 
     async def transcribe(self, audio: bytes, *, content_type: str = "") -> Transcript:
         self.calls.append((audio, content_type))
+        await asyncio.sleep(self.delay_s)
         if not audio.startswith(b"OggS"):
             raise InputError("not an OGG stream")
         return Transcript(self.transcript, "en", 2.0)
@@ -332,6 +335,28 @@ async def test_voice_note_round_trip(world: World) -> None:
     assert prompt[-1]["content"] == world.stt.transcript
     stored = await world.app.store.recent_messages(f"telegram:{chat['id']}", 10)
     assert [m.content for m in stored] == [world.stt.transcript, VOICE_REPLY]
+
+
+async def test_a_voice_note_still_being_transcribed_keeps_its_place_before_a_later_text(world: World) -> None:
+    tg = world.tg
+    kim = tg.user("Kim")
+    chat = tg.private_chat(kim)
+    said = "tell me about the weather in Lisbon this week"
+    world.stt.delay_s = 0.5  # the voice note takes longer to prepare than the text after it
+    world.stt.transcript, usual = said, world.stt.transcript
+    try:
+        tg.send_voice(chat, kim, VOICE_NOTE, duration=3)
+        tg.send_text(chat, kim, "and one more thing")
+        await tg.wait_for(lambda: len(tg.bot_messages(chat)) == 2)
+    finally:
+        world.stt.delay_s, world.stt.transcript = 0.0, usual
+    [voice_prompt] = world.prompts_containing(said)
+    [text_prompt] = world.prompts_containing("and one more thing")
+    # the text was answered after the voice note, with the note and its reply in its history
+    assert [m["content"] for m in text_prompt[1:-1]][-2:] == [said, VOICE_REPLY]
+    assert voice_prompt[-1]["content"] == said
+    stored = await world.app.store.recent_messages(f"telegram:{chat['id']}", 10)
+    assert [m.content for m in stored if m.role == "user"] == [said, "and one more thing"]
 
 
 async def test_voice_in_a_group_needs_a_reply_or_a_mention(world: World) -> None:
