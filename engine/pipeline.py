@@ -243,22 +243,20 @@ class Engine:
                 self._relationship(user_key),
             )
         ]
+        reply_link: _ReplyLink | None = None
         try:
             async with self.locks.hold(message.conversation_key):
                 placed()
                 reply_link = self._replies.join(message.conversation_key, message.user_key)
-                try:  # history read before this message joins it, then joined: in arrival order
-                    turns = await self._recent_turns(message.conversation_key, exclude_id=stored.id)
-                    turn = Turn("user", message.content, message.user_name, message.timestamp)
-                    await self._remember_turn(message.conversation_key, turn)
-                except BaseException:
-                    reply_link.finish()
-                    raise
-            try:
-                profile, (memories, embedding), persona, relationship = await _all_of(*unordered)
-            except BaseException:
+                # history read before this message joins it, then joined: in arrival order
+                turns = await self._recent_turns(message.conversation_key, exclude_id=stored.id)
+                turn = Turn("user", message.content, message.user_name, message.timestamp)
+                await self._remember_turn(message.conversation_key, turn)
+            profile, (memories, embedding), persona, relationship = await _all_of(*unordered)
+        except BaseException:
+            if reply_link is not None:  # no reply will come: the account's next message goes on
                 reply_link.finish()
-                raise
+            raise
         finally:
             await _settle(unordered)
         # The recall embedding ("Name: content") doubles as the classifier's input: no second model run.
