@@ -204,7 +204,7 @@ async def bare_bot(endpoints: dict[str, Any], *, ask_llm: bool) -> Any:
 @contextlib.asynccontextmanager
 async def whisperengine_bot(endpoints: dict[str, Any], data_dir: Path) -> Any:
     from bot.app import build_app
-    from bot.discord import start_discord
+    from bot.platforms import start_discord
     from config.settings import Settings
 
     settings = Settings(

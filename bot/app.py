@@ -608,8 +608,7 @@ async def build_app(
 
 async def start_platforms(app: App, stack: contextlib.AsyncExitStack) -> list[str]:
     """Start every platform whose token is set, with the voice engines they use; their names."""
-    from bot.discord import start_discord
-    from bot.platforms import start_slack, start_telegram
+    from bot.platforms import start_discord, start_slack, start_telegram
 
     settings = app.settings
     stt: SpeechToText | None = None

@@ -1,6 +1,5 @@
-"""Starting the Telegram and Slack adapters for ``whisperengine run``: what each adapter needs is
-taken from the :class:`bot.app.App` here, so ``adapters/`` never reaches back into the process.
-(Discord's counterpart is ``bot.discord.start_discord``.)"""
+"""Starting the platform adapters for ``whisperengine run``: what each adapter needs is taken
+from the :class:`bot.app.App` here, so ``adapters/`` never reaches back into the process."""
 
 from __future__ import annotations
 
@@ -14,6 +13,40 @@ if TYPE_CHECKING:
     from adapters.slack.adapter import SlackAdapter
     from adapters.telegram.adapter import TelegramAdapter, VoiceEncoder
     from bot.app import App
+    from bot.discord.client import DiscordAdapter
+
+
+async def start_discord(
+    app: App,
+    stack: contextlib.AsyncExitStack,
+    *,
+    stt: SpeechToText | None = None,
+    tts: TextToSpeech | None = None,
+) -> DiscordAdapter | None:
+    """Log in, register the slash commands and connect to the gateway in the background when
+    ``DISCORD_TOKEN`` is set; the disconnect goes on ``stack``. ``stt`` transcribes voice
+    messages; ``tts`` speaks the replies of personas with ``voice_replies``. None when no token
+    is configured."""
+    if app.settings.discord_token is None:
+        return None
+    from bot.discord.client import DiscordAdapter
+    from bot.discord.config import DiscordConfig
+
+    adapter = DiscordAdapter(
+        app.engine,
+        DiscordConfig.from_settings(app.settings),
+        store=app.store,
+        vectors=app.vectors,
+        health=app.health,
+        choices=app.choices,
+        stt=stt,
+        tts=tts,
+        guard=platform_guard("discord", app.settings, service="Discord API", variable="DISCORD_API_BASE_URL"),
+    )
+    await adapter.start()
+    stack.push_async_callback(adapter.aclose)
+    app.reporters["discord"] = adapter.guard.health
+    return adapter
 
 
 async def start_telegram(

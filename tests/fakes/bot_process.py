@@ -140,16 +140,17 @@ class BotProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self._proc.returncode
+        return self._ended()
 
     def kill(self) -> int:
         """SIGKILL: the process dies at once, as in a crash; returns the exit status."""
         assert self._proc is not None, "not started"
         self._proc.kill()
         self._proc.wait()
+        return self._ended()
+
+    def _ended(self) -> int:
+        assert self._proc is not None
         if self._log is not None:
             self._log.close()
             self._log = None

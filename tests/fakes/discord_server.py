@@ -1137,7 +1137,7 @@ async def running_whisperengine(
     override the Settings fields (e.g. ``discord_shard_count=2``).
     """
     from bot.app import build_app
-    from bot.discord import start_discord
+    from bot.platforms import start_discord
     from config.settings import Settings
 
     values: dict[str, Any] = {

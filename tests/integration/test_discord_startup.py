@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.discord import start_discord
 from bot.discord.config import DiscordConfig
+from bot.platforms import start_discord
 from engine.errors import ConfigError
 from tests.fakes.discord_server import FakeDiscord, running_whisperengine
 from tests.fakes.llm_server import FakeLLMServer
