@@ -61,6 +61,7 @@ from engine.ports import (
     Vector,
 )
 from engine.prompt import PromptBudget, build_prompt, estimate_tokens
+from engine.reasoning import ReasoningFilter
 from engine.relationship import RELATIONSHIP_SETTING, Observation, RelationshipProfile, RelationshipTracker
 from engine.reply import ReplyStream
 from engine.user_settings import USER_SETTINGS
@@ -303,12 +304,18 @@ class Engine:
         stream = self.llm.stream(
             prompt.messages, max_tokens=self.config.budget.reply_tokens, temperature=self.config.temperature
         )
+        reasoning = ReasoningFilter()  # a reasoning model's <think> blocks are never shown or kept
         try:
-            async for chunk in stream:
-                if not parts:
-                    first_token = time.perf_counter()
-                parts.append(chunk)
-                yield chunk
+            async for raw in stream:
+                chunk = reasoning.feed(raw)
+                if chunk:
+                    if not parts:
+                        first_token = time.perf_counter()
+                    parts.append(chunk)
+                    yield chunk
+            if tail := reasoning.end():
+                parts.append(tail)
+                yield tail
         except (LLMError, BackendUnavailable) as exc:
             logger.error("LLM failed for %s in %s: %s", message.user_key, message.conversation_key, exc)
             kind, error = ReplyKind.APOLOGY, str(exc)
