@@ -350,7 +350,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     **shared,
                     **({"DISCORD_SHARD_IDS": str(i)} if args.processes > 1 else {}),
                 ),
-                Path(tmp) / f"bot-{i}.log",
+                (args.log_dir or Path(tmp)) / f"bot-{i}.log",
             )
             for i in range(args.processes)
         ]
@@ -435,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1, help="bot processes, one shard each")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--log-dir", type=Path, help="keep the bots' logs here (default: dropped)")
     args = parser.parse_args(argv)
     if args.users < 1 or args.duration <= 0 or args.processes < 1:
         parser.error("--users, --duration and --processes must be positive")

@@ -38,15 +38,15 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
 class ReplyPriority:
     """Background work gives way to replies being prepared.
 
-    The engine marks each reply's context phase (``with priority.replying():``): recall, the
-    user's message stored, the prompt built. Background writers call :meth:`give_way` between
-    steps: while replies are being prepared it waits for a moment without any (at most
-    ``max_wait_s``, so a steady stream of replies never starves the writer and its queue never
-    fills), then goes on. A reply then never queues behind a writer's batch for the database,
-    the vector store or the CPU.
+    The engine marks each reply's context phase (``with priority.reply():``): recall, the
+    user's message stored, the prompt built. Background writers call :meth:`give_way` before
+    each batch and each commit: while replies are being prepared it waits for a moment without
+    any (at most ``max_wait_s``, so a steady stream of replies never starves the writer and its
+    queue never fills), then goes on. A burst of replies then does not queue behind a writer's
+    batch for the database, the vector store or the CPU.
     """
 
-    def __init__(self, *, max_wait_s: float = 0.05) -> None:
+    def __init__(self, *, max_wait_s: float = 0.02) -> None:
         self.max_wait_s = max_wait_s
         self._replying = 0
         self._idle = asyncio.Event()

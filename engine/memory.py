@@ -522,7 +522,6 @@ class MemoryWriter:
         commit. A memory close to one staged in the same batch commits what is staged first, so
         that it is checked against it too."""
         for record, embedding in zip(records, embeddings, strict=True):
-            await self._give_way()
             if commit.stages_near(record.user_key, embedding, self.policy.related_similarity):
                 await self._commit(commit)
                 commit = _GroupCommit(at=commit.at)
