@@ -250,7 +250,7 @@ class Engine:
                 placed()
                 reply_link = self._replies.join(message.conversation_key, message.user_key)
                 # history read before this message joins it, then joined: in arrival order
-                turns = await self._recent_turns(message.conversation_key, exclude_id=stored.id)
+                turns = await self._recent_turns(message.conversation_key, before=stored)
                 turn = Turn("user", message.content, message.user_name, message.timestamp)
                 await self._remember_turn(message.conversation_key, turn)
             profile, (memories, embedding), persona, relationship = await _all_of(*unordered)
@@ -429,7 +429,11 @@ class Engine:
             logger.exception("could not load the relationship with %s; answering without it", user_key)
             return None
 
-    async def _recent_turns(self, conversation_key: str, *, exclude_id: str) -> list[Turn]:
+    async def _recent_turns(self, conversation_key: str, *, before: StoredMessage) -> list[Turn]:
+        """The conversation's recent turns (held in arrival order by the cache); when the cache
+        has none (expired, lost), the stored turns older than ``before``: messages stored
+        meanwhile by the conversation's next messages, which join the turns themselves, are
+        left out."""
         if self.config.recent_turns <= 0:
             return []
         raw = await self.cache.tail(f"turns:{conversation_key}", self.config.recent_turns)
@@ -440,7 +444,11 @@ class Engine:
         except (StorageError, BackendUnavailable):
             logger.exception("could not load recent turns of %s", conversation_key)
             return []
-        turns = [Turn(m.role, m.content, m.user_name, m.created_at) for m in rows if m.id != exclude_id]
+        turns = [
+            Turn(m.role, m.content, m.user_name, m.created_at)
+            for m in rows
+            if m.id != before.id and m.created_at < before.created_at
+        ]
         for turn in turns:
             await self._remember_turn(conversation_key, turn)
         return turns

@@ -1,10 +1,12 @@
 """Two engines (as two processes would have them: their own connections) sharing one Redis and one
-PostgreSQL database: a conversation is answered by one engine at a time, and the rate limit
-counts a user's messages wherever they arrive."""
+PostgreSQL database: a conversation's messages take their place in one order whichever engine
+answers them, their replies are written in parallel, and the rate limit counts a user's messages
+wherever they arrive."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -93,25 +95,38 @@ def message(text: str, *, user: str, channel: str) -> UniversalMessage:
     )
 
 
-async def test_a_conversation_is_answered_by_one_engine_at_a_time(
+async def test_a_conversation_is_answered_in_parallel_each_message_seeing_the_ones_before_it(
     two_engines: tuple[Engine, Engine, OverlapLLM],
 ) -> None:
     first, second, llm = two_engines
     channel = f"c-{uuid.uuid4().hex[:8]}"
+    opening = await first.handle(message("hello everyone", user="host", channel=channel)).collect()
+    assert opening.kind is ReplyKind.ANSWER
+    texts = [f"question {i}" for i in range(8)]
     replies = await asyncio.gather(
         *(
-            (first if i % 2 else second)
-            .handle(message(f"question {i}", user=f"u{i}", channel=channel))
-            .collect()
-            for i in range(8)
+            (first if i % 2 else second).handle(message(text, user=f"u{i}", channel=channel)).collect()
+            for i, text in enumerate(texts)
         )
     )
     assert [r.kind for r in replies] == [ReplyKind.ANSWER] * 8
-    assert llm.most == 1
-    # every turn reached the shared history: the cache kept user/assistant pairs together
-    turns = await first.cache.tail(f"turns:discord:{channel}", 16)
+    assert llm.most > 1  # the two engines wrote replies of one conversation at the same time
+    # one order for the conversation, whichever engine answered: each message's prompt holds
+    # every message placed before it, and none after
+    seen = sorted(
+        (
+            {m.content.split(": ", 1)[-1] for m in prompt[1:-1] if m.role == "user"}
+            for prompt in llm.prompts
+            if prompt[-1].content.split(": ", 1)[-1] in texts
+        ),
+        key=len,
+    )
+    assert [len(earlier - {"hello everyone"}) for earlier in seen] == list(range(8))
+    assert all(a < b for a, b in itertools.pairwise(seen))
+    # every turn reached the shared history
+    turns = await first.cache.tail(f"turns:discord:{channel}", 18)
     roles = [json.loads(turn)[0] for turn in turns]
-    assert roles == ["user", "assistant"] * 8
+    assert sorted(roles) == ["assistant"] * 9 + ["user"] * 9
 
 
 async def test_different_conversations_are_answered_at_the_same_time(
