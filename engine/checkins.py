@@ -575,6 +575,7 @@ class CheckinScheduler:
             profile=profile,
             budget=engine.config.budget,
             relationship=relationship,
+            style=engine.config.prompt_style,
         )
         return await self._write(prompt.messages)
 

@@ -7,6 +7,9 @@ A persona file looks like::
     system_prompt: |
       You are Ember, ...
     style: Short, warm sentences. Ask one question at a time.
+    short_prompt: You are Ember, a warm companion.   # optional: the whole persona for a small
+                                                     # model (compact prompts); default: the
+                                                     # first sentence of system_prompt
     voice: en_US-joe-medium          # optional, for text-to-speech
     voice_replies: true              # optional: also answer in speech where the platform
                                      # can (Discord voice messages); default false
@@ -21,6 +24,7 @@ else the default; choices are stored as settings in the conversation store.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,8 @@ class Persona:
     examples: tuple[tuple[str, str], ...] = ()
     voice_replies: bool = False
     """Also speak each reply (in ``voice``) where the platform carries voice messages."""
+    short_prompt: str = ""
+    """The persona in a sentence or two, for a small model; empty: the system prompt's first sentence."""
 
     def system_text(self) -> str:
         """The persona's part of the system prompt: always sent, never trimmed."""
@@ -60,6 +66,17 @@ class Persona:
                 lines.append(f"User: {user}\nYou: {assistant}")
             parts.append("\n".join(lines))
         return "\n\n".join(parts)
+
+    def compact_text(self) -> str:
+        """The persona for a small model's short system prompt (see ``short_prompt``)."""
+        if self.short_prompt.strip():
+            return " ".join(self.short_prompt.split())
+        text = " ".join(self.system_prompt.split())
+        match = _FIRST_SENTENCE.match(text)
+        return match.group(0) if match else text
+
+
+_FIRST_SENTENCE = re.compile(r".+?[.!?](?=\s|$)")
 
 
 def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
@@ -92,6 +109,7 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
         voice=str(voice) if voice else None,
         examples=tuple(examples),
         voice_replies=voice_replies,
+        short_prompt=str(data.get("short_prompt") or ""),
     )
 
 

@@ -60,10 +60,11 @@ from engine.ports import (
     UserProfile,
     Vector,
 )
-from engine.prompt import PromptBudget, build_prompt, estimate_tokens
+from engine.prompt import HistoryWindows, PromptBudget, PromptStyle, build_prompt, estimate_tokens
 from engine.reasoning import ReasoningFilter
 from engine.relationship import RELATIONSHIP_SETTING, Observation, RelationshipProfile, RelationshipTracker
 from engine.reply import ReplyStream
+from engine.reply_cut import ReplyCutter, wants_long_reply
 from engine.user_settings import USER_SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,12 @@ class EngineConfig:
     rate_limit_window_s: float = 60.0
     turns_ttl_s: float = 6 * 3600
     max_message_chars: int = 8000
+    prompt_style: PromptStyle = "full"
+    reply_max_sentences: int | None = None
+    """A usual reply ends after this many sentences (None: no cap); not when asked for more."""
+    reply_max_tokens: int | None = None
+    """A usual reply's token cap (None: ``budget.reply_tokens``, which a reply asked to be
+    longer gets)."""
 
 
 def _turn_to_json(turn: Turn) -> str:
@@ -149,6 +156,7 @@ class Engine:
         )
         self.in_flight = 0
         self._replies = _ReplyChain()
+        self._history = HistoryWindows()  # where each conversation's shown history starts
 
     async def start(self) -> None:
         await self.writer.start()
@@ -284,6 +292,8 @@ class Engine:
         previous_reply = await context.reply_link.previous()
         if previous_reply is not None and previous_reply not in turns:  # came after the snapshot
             turns = [*turns, previous_reply]
+        config = self.config
+        long_reply = wants_long_reply(message.content)
         prompt = build_prompt(
             persona=persona,
             user_message=message.content,
@@ -295,25 +305,37 @@ class Engine:
             emotion=context.emotion,
             group_chat=not message.is_direct,
             relationship=context.relationship,
+            style=config.prompt_style,
+            history_from=self._history.get(message.conversation_key),
+            long_reply=long_reply,
         )
+        self._history.put(message.conversation_key, prompt.first_turn)
         context_done = time.perf_counter()
 
         parts: list[str] = []
         first_token = 0.0
         kind, error = ReplyKind.ANSWER, None
-        stream = self.llm.stream(
-            prompt.messages, max_tokens=self.config.budget.reply_tokens, temperature=self.config.temperature
-        )
+        max_tokens = config.budget.reply_tokens
+        if not long_reply and config.reply_max_tokens is not None:
+            max_tokens = min(max_tokens, config.reply_max_tokens)
+        stream = self.llm.stream(prompt.messages, max_tokens=max_tokens, temperature=config.temperature)
         reasoning = ReasoningFilter()  # a reasoning model's <think> blocks are never shown or kept
+        cutter = ReplyCutter(  # stop sequences, the sentence cap, whole sentences at the token cap
+            stop=prompt.stop,
+            max_sentences=None if long_reply else config.reply_max_sentences,
+            max_chunks=max_tokens,
+        )
         try:
             async for raw in stream:
-                chunk = reasoning.feed(raw)
+                chunk = cutter.feed(reasoning.feed(raw))
                 if chunk:
                     if not parts:
                         first_token = time.perf_counter()
                     parts.append(chunk)
                     yield chunk
-            if tail := reasoning.end():
+                if cutter.done:
+                    break
+            if tail := cutter.end("" if cutter.done else reasoning.end()):
                 parts.append(tail)
                 yield tail
         except (LLMError, BackendUnavailable) as exc:
@@ -322,6 +344,8 @@ class Engine:
             apology = ("\n\n" if parts else "") + APOLOGY
             parts.append(apology)
             yield apology
+        finally:
+            await _close_stream(stream)  # read to its end, or left early: the backend stops
         llm_done = time.perf_counter()
         backend = getattr(stream, "backend", None) or self.llm.name
         streamed = parts[:-1] if kind is ReplyKind.APOLOGY else parts
@@ -607,6 +631,12 @@ def stored_message_id(message: UniversalMessage) -> str:
     """A stable id per platform message, so a redelivered message is stored once."""
     digest = hashlib.sha256(f"{message.platform}:{message.channel_id}:{message.message_id}".encode())
     return digest.hexdigest()[:32]
+
+
+async def _close_stream(stream: AsyncIterator[str]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
 
 
 async def _all_of(*awaitables: Awaitable[Any]) -> list[Any]:

@@ -103,12 +103,12 @@ async def test_check_in_goes_out_at_the_local_time_drawing_on_memory(make_engine
         assert messenger.sent == [("7", CHECKIN_TEXT)]
 
         [prompt] = checkin_prompts(llm)
-        system = prompt[0].content
+        system = "\n\n".join(m.content for m in prompt if m.role == "system")
         assert system.startswith("You are Ember")  # the persona of the private chat
         assert "Lisbon half marathon" in system  # the memory reached the prompt
         assert "You are talking with Ana" in system
         assert "Friday morning, 08:00" in prompt[-1].content
-        assert [(m.role, m.content) for m in prompt[1:-1]][-1] == ("assistant", REPLY_TEXT)  # recent turns
+        assert [(m.role, m.content) for m in prompt[1:-2]][-1] == ("assistant", REPLY_TEXT)  # recent turns
 
         stored = await engine.store.recent_messages("telegram:7", 10)
         assert (stored[-1].role, stored[-1].content, stored[-1].user_key) == (
@@ -144,7 +144,7 @@ async def test_how_the_user_has_been_feeling_reaches_the_check_in(make_engine: M
         clock.now = berlin(2026, 6, 5, 8, 0)
         assert await scheduler.tick() == 1
         [prompt] = checkin_prompts(llm)
-        assert "They have seemed mostly sad lately." in prompt[0].content  # the relationship's trend
+        assert "They have seemed mostly sad lately." in prompt[-2].content  # the relationship's trend
 
 
 async def test_the_conversation_continues_from_the_check_in(make_engine: MakeEngine) -> None:
@@ -159,7 +159,7 @@ async def test_the_conversation_continues_from_the_check_in(make_engine: MakeEng
         assert await scheduler.tick() == 1
         await say(engine, "7", "pretty good, thanks for asking")
         answer = next(p for p in llm.prompts if p[-1].content == "pretty good, thanks for asking")
-        assert (answer[-2].role, answer[-2].content) == ("assistant", CHECKIN_TEXT)
+        assert (answer[-3].role, answer[-3].content) == ("assistant", CHECKIN_TEXT)
 
 
 async def test_no_burst_after_downtime(make_engine: MakeEngine) -> None:

@@ -179,7 +179,7 @@ async def test_pipeline_reports_the_emotion_and_tells_the_model(make_engine) -> 
     async with make_engine(llm) as engine:
         response = await engine.handle(dm("I'm so happy, I passed my exam!")).collect()
         assert response.emotion == "joy"
-        assert "sounds like joy" in llm.prompts[-1][0].content
+        assert "sounds like joy" in llm.prompts[-1][-2].content
 
 
 async def test_pipeline_hands_its_recall_embedding_to_the_classifier(make_engine) -> None:

@@ -68,7 +68,15 @@ async def test_recent_turns_reach_the_next_prompt_in_order(make_engine) -> None:
         await engine.handle(dm("second message here")).collect()
         await engine.handle(dm("third one")).collect()
         last_prompt = llm.prompts[-1]
-        assert [m.role for m in last_prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert [m.role for m in last_prompt] == [
+            "system",
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "system",
+            "user",
+        ]
         assert last_prompt[1].content == "first message here"
         assert last_prompt[2].content == "reply to: first message here"
         assert last_prompt[-1].content == "third one"
@@ -81,7 +89,7 @@ async def test_context_survives_a_cache_loss(make_engine) -> None:
         await engine.writer.drain()
         await engine.cache.delete_prefix("turns:")
         await engine.handle(dm("what did I just say?")).collect()
-        history = [m.content for m in llm.prompts[-1][1:-1]]
+        history = [m.content for m in llm.prompts[-1][1:-2]]
         assert history == ["my favourite colour is green", "ok"]
 
 
@@ -111,7 +119,7 @@ async def test_memories_are_written_in_the_background_and_recalled_for_the_same_
         assert any("Lisbon" in hit.text for hit in response.memories_used)
         hit = next(h for h in response.memories_used if "Lisbon" in h.text)
         assert hit.channel_id == "dm-u1" and hit.platform == "test" and hit.source_message_ids
-        assert "Lisbon" in llm.prompts[-1][0].content
+        assert "Lisbon" in llm.prompts[-1][-2].content  # the context, after the turns
         assert "Alice" in hit.text
 
 

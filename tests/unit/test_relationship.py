@@ -161,7 +161,7 @@ def _system(profile: UserProfile | None, rel: RelationshipProfile | None) -> str
         budget=PromptBudget(),
         relationship=rel,
     )
-    return prompt.messages[0].content
+    return prompt.system_text
 
 
 def test_prompt_mentions_name_stage_and_trend() -> None:
@@ -213,7 +213,7 @@ async def test_engine_tracks_the_relationship_after_the_reply(make_engine) -> No
         assert stored["stage"] == "new"
         # the next prompt knows the trend
         await engine.handle(dm("tell me something")).collect()
-        assert "They have seemed mostly cheerful lately." in llm.prompts[-1][0].content
+        assert "They have seemed mostly cheerful lately." in llm.prompts[-1][-2].content
 
 
 async def test_call_me_sets_the_preferred_name_for_the_next_reply(make_engine) -> None:
@@ -226,10 +226,10 @@ async def test_call_me_sets_the_preferred_name_for_the_next_reply(make_engine) -
         await engine.handle(dm("don't call me late tonight")).collect()
         await engine.relationships.drain()
         assert (await engine.store.get_user("test:u1")).preferred_name == "Ally"  # type: ignore[union-attr]
-        assert "who likes to be called Ally" in llm.prompts[-1][0].content
+        assert "who likes to be called Ally" in llm.prompts[-1][-2].content
         # the other user is untouched
         await engine.handle(dm("hi", user="u2", name="Bob")).collect()
-        assert "You are talking with Bob." in llm.prompts[-1][0].content
+        assert "You are talking with Bob." in llm.prompts[-1][-2].content
 
 
 async def test_set_preferred_name_directly(make_engine) -> None:
