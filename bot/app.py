@@ -53,7 +53,7 @@ from engine.ports import (
     VectorMemory,
     WorkQueue,
 )
-from engine.prompt import PromptBudget
+from engine.prompt import PromptBudget, PromptStyle
 from storage.cache.failover import FailoverCache, FailoverLocks
 from storage.vector.outbox import DurableVectorMemory
 
@@ -193,7 +193,10 @@ def make_llm(name: LLMBackendName, settings: Settings) -> LLM:
             if not path.is_file():
                 raise ConfigError(f"GGUF model not found: {path}", variable="LLAMACPP_MODEL_PATH")
             return LlamaCppChat(
-                str(path), n_ctx=settings.llamacpp_context, n_threads=settings.llamacpp_threads
+                str(path),
+                n_ctx=settings.llamacpp_context,
+                n_threads=settings.llamacpp_threads,
+                saved_states_mb=settings.llamacpp_saved_states_mb,
             )
 
 
@@ -382,6 +385,27 @@ async def start_emotion(
     return classifier, f"MiniLM prototypes + {classifier.lexicon.name} lexicon"
 
 
+COMPACT_REPLY_SENTENCES = 3
+COMPACT_REPLY_TOKENS = 96
+
+
+def reply_shape(settings: Settings, primary: str) -> tuple[PromptStyle, int | None, int | None]:
+    """The prompt style (``auto``: compact for llama.cpp in this process, full otherwise), the
+    sentence cap and the token cap of a usual reply."""
+    style: PromptStyle
+    if settings.prompt_style == "auto":
+        style = "compact" if primary == "llamacpp" else "full"
+    else:
+        style = settings.prompt_style
+    sentences = settings.reply_max_sentences
+    if sentences is None:
+        sentences = COMPACT_REPLY_SENTENCES if style == "compact" else 0
+    tokens = settings.reply_max_tokens
+    if tokens is None and style == "compact":
+        tokens = COMPACT_REPLY_TOKENS
+    return style, sentences or None, tokens
+
+
 def make_memory_llm(settings: Settings, llm: LLM, primary: str) -> BackgroundLLM | None:
     """The LLM as the background memory jobs use it; None when MEMORY_USE_LLM is off, or is
     auto and the ``primary`` backend is llama.cpp (in process: it would slow the replies)."""
@@ -513,7 +537,9 @@ async def build_app(
             queue=memory_jobs,
             priority=priority,
         )
-        memory_llm = make_memory_llm(settings, llm, primary=backends[0].name.split(":", 1)[0])
+        primary = backends[0].name.split(":", 1)[0]
+        memory_llm = make_memory_llm(settings, llm, primary=primary)
+        prompt_style, reply_sentences, reply_tokens = reply_shape(settings, primary)
         engine = Engine(
             priority=priority,
             identity=IdentityLinker(store, cache, vectors, write_embedder),
@@ -539,6 +565,9 @@ async def build_app(
                 rate_limit_messages=settings.rate_limit_messages,
                 rate_limit_window_s=settings.rate_limit_window_s,
                 max_message_chars=settings.max_message_chars,
+                prompt_style=prompt_style,
+                reply_max_sentences=reply_sentences,
+                reply_max_tokens=reply_tokens,
             ),
             emotion=emotion,
             bot_name=settings.bot_name,

@@ -62,9 +62,35 @@ class Settings(BaseSettings):
     )
     llamacpp_threads: int | None = Field(None, description="CPU threads for llama.cpp; default: all cores.")
     llamacpp_context: int = Field(2048, description="llama.cpp context window in tokens.")
+    llamacpp_saved_states_mb: int = Field(
+        256,
+        ge=0,
+        description="Memory for the model states of recent conversations, so that switching between "
+        "conversations does not read a whole prompt again; 0 = keep only the last one.",
+    )
     llm_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a complete reply.")
     llm_max_retries: int = Field(2, ge=0, le=10, description="Retries per backend before falling back.")
-    llm_max_tokens: int = Field(256, gt=0, description="Longest reply, in tokens.")
+    llm_max_tokens: int = Field(
+        256, gt=0, description="Longest reply, in tokens (a reply asked to be longer; see REPLY_MAX_TOKENS)."
+    )
+    prompt_style: Literal["auto", "compact", "full"] = Field(
+        "auto",
+        description="compact: a short prompt for a small model (short persona, a few turns, facts as a "
+        "short list); full: everything for a large one. auto: compact when the main backend is llama.cpp "
+        "in this process.",
+    )
+    reply_max_sentences: int | None = Field(
+        None,
+        ge=0,
+        description="A usual reply ends after this many sentences; a message that asks for more (a "
+        "story, details, a list) is not capped. 0 = no cap; default: 3 with compact prompts, none with full.",
+    )
+    reply_max_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Longest usual reply, in tokens (a message that asks for more gets LLM_MAX_TOKENS); "
+        "default: 96 with compact prompts, LLM_MAX_TOKENS with full.",
+    )
     llm_temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of replies.")
     context_token_budget: int = Field(2048, ge=256, description="Prompt + reply token budget.")
 
