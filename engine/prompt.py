@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine.events import ChatMessage, MemoryHit, Turn
+from engine.memory import memory_text
 from engine.persona import Persona
 from engine.ports import UserProfile
 from engine.relationship import RelationshipProfile
@@ -286,27 +287,6 @@ def build_prompt(
         context.append(LONG_REPLY_NOTE)
     remaining -= sum(estimate_tokens(part) + 1 for part in context) + PER_MESSAGE_OVERHEAD
 
-    memory_lines: list[str] = []
-    included: list[MemoryHit] = []
-    memory_room = int(max(remaining, 0) * budget.memory_share)
-    header = _memory_header(user_name, style)
-    if memories and memory_room > estimate_tokens(header):
-        memory_room -= estimate_tokens(header)
-        for hit in memories:
-            if shape.max_memories is not None and len(included) >= shape.max_memories:
-                break
-            line = _memory_line(hit, user_name, style)
-            cost = estimate_tokens(line)
-            if cost > memory_room:
-                continue
-            memory_lines.append(line)
-            included.append(hit)
-            memory_room -= cost
-    if memory_lines:
-        block = header + "\n" + "\n".join(memory_lines)
-        context.append(block)
-        remaining -= estimate_tokens(block) + 1
-
     latest_reply = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].role == "assistant"), None)
     texts: list[str] = []
     for index, turn in enumerate(turns):
@@ -319,9 +299,36 @@ def build_prompt(
     if style == "full" and turns:
         # Some may be left out: keep room for the note that says how many.
         remaining -= estimate_tokens(_dropped_note(len(turns))) + 1
-    start = _history_start(turns, costs, max(remaining, 0), shape.max_turns, history_from)
+    # Memories get at most their share; the turns get the rest (the same room from one message
+    # to the next, so that the history's start can stay).
+    memory_room = int(max(remaining, 0) * budget.memory_share) if memories else 0
+    start = _history_start(turns, costs, max(remaining - memory_room, 0), shape.max_turns, history_from)
     history = [ChatMessage(turns[i].role, texts[i]) for i in range(start, len(turns))]
     remaining -= sum(costs[start:])
+
+    # A memory that is one of the turns shown would only say it twice.
+    shown = {memory_text(t.user_name, t.content) for t in turns[start:] if t.role == "user"}
+    memory_lines: list[str] = []
+    included: list[MemoryHit] = []
+    header = _memory_header(user_name, style)
+    if memories and memory_room > estimate_tokens(header) + 1:
+        memory_room -= estimate_tokens(header) + 1  # each line and the block: +1 for its separator
+        for hit in memories:
+            if shape.max_memories is not None and len(included) >= shape.max_memories:
+                break
+            if hit.text.strip() in shown:
+                continue
+            line = _memory_line(hit, user_name, style)
+            cost = estimate_tokens(line) + 1
+            if cost > memory_room:
+                continue
+            memory_lines.append(line)
+            included.append(hit)
+            memory_room -= cost
+    if memory_lines:
+        block = header + "\n" + "\n".join(memory_lines)
+        context.append(block)
+        remaining -= estimate_tokens(block) + 1
     if start and style == "full":
         context.append(_dropped_note(start))
 

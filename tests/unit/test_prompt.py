@@ -331,3 +331,23 @@ def test_the_budget_holds_in_both_styles_wherever_the_history_started(
     )
     assert prompt.turns_included + prompt.turns_dropped == n_turns
     assert sum(estimate_tokens(m.content) + 4 for m in prompt.messages) <= budget.input_tokens
+
+
+def test_a_memory_that_is_one_of_the_turns_shown_is_not_repeated() -> None:
+    said = Turn("user", "My dog is called Biscuit.", "Ann", NOW)
+    history = [said, Turn("assistant", "What a lovely name!", "Tess", NOW + timedelta(minutes=1))]
+    same = MemoryHit(memory_id="same", text="Ann: My dog is called Biscuit.", score=0.9, created_at=NOW)
+    older = MemoryHit(memory_id="older", text="Ann: I live in Porto.", score=0.8, created_at=NOW)
+    for style in ("compact", "full"):
+        prompt = build_prompt(
+            persona=TALKER,
+            user_message="What is my dog called?",
+            user_name="Ann",
+            turns=history,
+            memories=[same, older],
+            profile=None,
+            budget=PromptBudget(),
+            style=style,  # type: ignore[arg-type]
+        )
+        assert [hit.memory_id for hit in prompt.memories_included] == ["older"]
+        assert "Biscuit" not in prompt.messages[-2].content and "Porto" in prompt.messages[-2].content
