@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.emotion
 	$(BIN)/python -m benchmarks.locomo --data $(LOCOMO)
 	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.local_llm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

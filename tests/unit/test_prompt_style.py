@@ -1,0 +1,27 @@
+"""PROMPT_STYLE and the reply caps: compact with short replies for llama.cpp in process, full and
+uncapped for a large model behind an API, unless set."""
+
+from __future__ import annotations
+
+from bot.app import COMPACT_REPLY_SENTENCES, COMPACT_REPLY_TOKENS, reply_shape
+from config.settings import Settings
+
+
+def settings(**fields: object) -> Settings:
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
+def test_the_embedded_model_gets_compact_prompts_and_short_replies() -> None:
+    assert reply_shape(settings(), "llamacpp") == ("compact", COMPACT_REPLY_SENTENCES, COMPACT_REPLY_TOKENS)
+
+
+def test_a_model_behind_an_api_gets_the_full_prompt_and_no_cap() -> None:
+    assert reply_shape(settings(), "openai") == ("full", None, None)
+    assert reply_shape(settings(), "ollama") == ("full", None, None)
+
+
+def test_settings_choose_the_style_and_the_caps() -> None:
+    chosen = settings(prompt_style="full", reply_max_sentences=5, reply_max_tokens=200)
+    assert reply_shape(chosen, "llamacpp") == ("full", 5, 200)
+    assert reply_shape(settings(prompt_style="compact"), "openai") == ("compact", 3, 96)
+    assert reply_shape(settings(reply_max_sentences=0), "llamacpp")[1] is None  # 0: no sentence cap
