@@ -16,6 +16,7 @@ Telegram, Slack) and, when one of them can carry voice, the speech engines.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -406,6 +407,12 @@ def reply_shape(settings: Settings, primary: str) -> tuple[PromptStyle, int | No
     return style, sentences or None, tokens
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def make_memory_llm(settings: Settings, llm: LLM, primary: str) -> BackgroundLLM | None:
     """The LLM as the background memory jobs use it; None when MEMORY_USE_LLM is off, or is
     auto and the ``primary`` backend is llama.cpp (in process: it would slow the replies)."""
@@ -578,6 +585,10 @@ async def build_app(
         )
         await engine.start()
         stack.push_async_callback(engine.aclose)
+        if primary == "llamacpp" and role == "bot":
+            # In the background: the first message waits at most for what is left of it.
+            reading = asyncio.create_task(engine.read_persona(), name="read-persona")
+            stack.push_async_callback(_cancelled, reading)
         if memory_llm is not None and not leave_to_workers:
             extractor = FactExtractor(writer, memory_llm, batch_turns=settings.memory_extraction_batch_turns)
             writer.observers.append(extractor.observe)

@@ -170,6 +170,30 @@ class Engine:
         await self.writer.aclose()
         await self.relationships.aclose()
 
+    async def read_persona(self) -> None:
+        """Have the model read the default persona's part of the prompt, with which every
+        conversation's prompt starts: a model that keeps what it read (llama.cpp in this
+        process) then reads only the rest of the first reply's prompt. A failure is logged."""
+        prompt = build_prompt(
+            persona=self.personas.library.default,
+            user_message="Hi!",
+            user_name="someone",
+            turns=[],
+            memories=[],
+            profile=None,
+            budget=self.config.budget,
+            style=self.config.prompt_style,
+        )
+        try:
+            stream = self.llm.stream(prompt.messages, max_tokens=1, temperature=self.config.temperature)
+            try:
+                async for _ in stream:
+                    break
+            finally:
+                await _close_stream(stream)
+        except (LLMError, BackendUnavailable) as exc:
+            logger.warning("the model could not read the persona ahead of the first reply: %s", exc)
+
     # --- the pipeline ---------------------------------------------------------------
 
     def handle(

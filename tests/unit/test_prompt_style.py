@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from bot.app import COMPACT_REPLY_SENTENCES, COMPACT_REPLY_TOKENS, reply_shape
 from config.settings import Settings
+from engine.events import UniversalMessage
+from engine.pipeline import EngineConfig
+from tests.fakes.ports import FakeLLM
 
 
 def settings(**fields: object) -> Settings:
@@ -25,3 +28,23 @@ def test_settings_choose_the_style_and_the_caps() -> None:
     assert reply_shape(chosen, "llamacpp") == ("full", 5, 200)
     assert reply_shape(settings(prompt_style="compact"), "openai") == ("compact", 3, 96)
     assert reply_shape(settings(reply_max_sentences=0), "llamacpp")[1] is None  # 0: no sentence cap
+
+
+async def test_the_persona_read_ahead_is_how_the_first_real_prompt_starts(make_engine) -> None:  # type: ignore[no-untyped-def]
+    llm = FakeLLM("Hello!")
+    for style in ("compact", "full"):
+        async with make_engine(llm, EngineConfig(prompt_style=style)) as engine:
+            await engine.read_persona()
+            ahead = llm.prompts[-1]
+            message = UniversalMessage(
+                content="hi there",
+                user_id=style,  # a conversation of its own
+                user_name="Ann",
+                platform="test",
+                channel_id=style,
+                is_direct=True,
+            )
+            await engine.handle(message).collect()
+            first = llm.prompts[-1]
+            assert ahead[:-2] == first[:-2] and len(first[:-2]) >= 1  # persona (and examples) alike
+            assert ahead[-1].content != first[-1].content
