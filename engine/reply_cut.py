@@ -8,9 +8,9 @@ passes each chunk of the stream (after the ``ReasoningFilter``) through a cutter
   name and a colon), holding back text that may be the start of one;
 - ends it after ``max_sentences`` sentences: a companion answers in a few sentences unless asked
   for more (:func:`wants_long_reply`, then there is no sentence cap);
-- near the token cap (the last ``HOLD_CHUNKS`` of ``max_chunks`` chunks, about one chunk a
-  token) holds back the sentence being written, and drops it when the cap cuts it off, so that a
-  reply ends on a whole sentence.
+- after the reply's first sentence (which is shown as it is written), shows whole sentences
+  only: at the token cap (``max_chunks`` chunks, about one chunk a token) the sentence being
+  written is dropped, so that a reply ends on a whole sentence.
 
 When ``done`` is set the engine stops reading and closes the stream, which stops the backend.
 """
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-
-HOLD_CHUNKS = 24
 
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
 _NOT_AN_END = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|St|vs|e\.g|i\.e)|\b[A-Z])\.$")
@@ -106,18 +104,16 @@ class ReplyCutter:
             if len(ends) >= self._max_sentences:
                 keep = max(ends[self._max_sentences - 1] - len(self._shown), 0)
                 self._finish("sentences")
-        if not self.done and self._near_cap():
-            # Release whole sentences only: the cap may cut off the one being written.
+        if not self.done:
+            # After the first sentence, whole sentences only: the cap may cut off the one being written.
             last_end = max([0, *sentence_ends(shown)])
-            keep = min(keep, max(last_end - len(self._shown), 0))
+            if last_end:
+                keep = min(keep, max(last_end - len(self._shown), 0))
         visible = text[:keep]
         if not self.done:
             self._held = text[keep:]
         self._shown += visible
         return visible
-
-    def _near_cap(self) -> bool:
-        return self._max_chunks is not None and self._chunks >= self._max_chunks - HOLD_CHUNKS
 
     def _finish(self, reason: str) -> None:
         self.done = True

@@ -1,5 +1,6 @@
 """Where a reply ends: before a stop sequence (even one split across chunks), after its sentence
-cap, on a whole sentence at the token cap; and through the engine, which then stops reading."""
+cap, on a whole sentence at the token cap (after the first sentence, whole sentences are shown);
+and through the engine, which then stops reading."""
 
 from __future__ import annotations
 
@@ -104,3 +105,10 @@ async def test_the_engine_caps_usual_replies_but_not_one_asked_to_be_longer(make
         asked = await engine.handle(dm("tell me more")).collect()
         assert asked.content == long
         assert len(re.findall(r"\.", asked.content)) == 5
+
+
+def test_after_the_first_sentence_whole_sentences_are_shown() -> None:
+    cutter = ReplyCutter(max_chunks=100)
+    shown = [cutter.feed(c) for c in ["Hello", " there.", " How", " are", " you?", " Fine"]]
+    assert shown == ["Hello", " there.", "", "", "", " How are you?"]
+    assert cutter.end() == " Fine"  # the stream ended by itself: its last words are shown
