@@ -539,6 +539,7 @@ async def build_app(
                 rate_limit_messages=settings.rate_limit_messages,
                 rate_limit_window_s=settings.rate_limit_window_s,
                 max_message_chars=settings.max_message_chars,
+                max_preparing=settings.engine_max_preparing,
             ),
             emotion=emotion,
             bot_name=settings.bot_name,

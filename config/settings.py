@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     rate_limit_messages: int = Field(10, ge=0, description="Messages per user per window; 0 = no limit.")
     rate_limit_window_s: float = Field(60.0, gt=0, description="Length of the rate-limit window, in seconds.")
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message.")
+    engine_max_preparing: int = Field(
+        16,
+        ge=1,
+        description="Messages gathering their context (stored turn, recall, persona) at once; "
+        "the rest of a burst waits its turn in arrival order instead of crowding the database.",
+    )
 
     # --- front ends ----------------------------------------------------------------------
     web_enabled: bool = Field(True, description="Serve the web chat and REST API.")

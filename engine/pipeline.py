@@ -84,6 +84,9 @@ class EngineConfig:
     rate_limit_window_s: float = 60.0
     turns_ttl_s: float = 6 * 3600
     max_message_chars: int = 8000
+    max_preparing: int = 16
+    """Messages gathering their context at once; the rest wait their turn (FIFO). Bounds what a
+    burst asks of the database, the vector store and the embedder at one time."""
 
 
 def _turn_to_json(turn: Turn) -> str:
@@ -149,6 +152,7 @@ class Engine:
         )
         self.in_flight = 0
         self._replies = _ReplyChain()
+        self._preparing = asyncio.Semaphore(config.max_preparing)
 
     async def start(self) -> None:
         await self.writer.start()
@@ -198,8 +202,11 @@ class Engine:
         self.in_flight += 1
         try:
             try:
-                with self.priority.reply():  # background writers wait while context is gathered
-                    context = await self._context(message, placed)
+                # A conversation's lock is only ever waited for by a message that holds a slot,
+                # and its holder has one too: the bound cannot deadlock.
+                async with self._preparing:
+                    with self.priority.reply():  # background writers wait while context is gathered
+                        context = await self._context(message, placed)
             except WriteRefused as exc:  # not stored: say so rather than answer and forget it
                 logger.error(
                     "message of %s in %s refused: %s", message.user_key, message.conversation_key, exc
