@@ -483,28 +483,31 @@ class KeywordPlan:
     """How one PostgreSQL keyword search runs: which lexemes find memories, how each weighs."""
 
     finding: tuple[str, ...]
-    """The rarest lexemes whose matches together are at most ``max_docs`` memories."""
+    """The rarest lexemes: the memories that hold any of them are the ones ranked."""
     weights: dict[str, float]
     """Every lexeme the user's memories hold, with its BM25 inverse document frequency."""
 
 
-def keyword_plan(counts: Mapping[str, int], total: int, *, max_docs: int) -> KeywordPlan | None:
+def keyword_plan(
+    counts: Mapping[str, int], total: int, *, max_docs: int, max_candidates: int
+) -> KeywordPlan | None:
     """Plan a search from the number of memories holding each lexeme (``total``: all of them).
 
     Each lexeme weighs its BM25 idf, ``ln(1 + (total - n + 0.5) / (n + 0.5))``, so a word in
-    few memories counts for more than a common one. Only the rarest lexemes find memories: taken
-    from the rarest up while their matches add up to at most ``max_docs``, so a search ranks at
-    most ``max_docs`` memories whatever the words; the commoner ones still add their (small)
-    weight to the memories found. None when no lexeme matches, or when even the rarest is in
-    more than ``max_docs`` memories (like SQLite, which leaves such words out).
+    few memories counts for more than a common one. Only the rarest lexemes find memories: the
+    rarest one, if it is in at most ``max_docs`` memories (like SQLite, which leaves commoner
+    words out), then the next rarest while the memories found stay within ``max_candidates``.
+    So a search ranks at most ``max(max_docs, max_candidates)`` memories whatever the words,
+    usually far fewer; the commoner words still add their (small) weight to the memories found.
+    None when no lexeme matches, or when even the rarest is in more than ``max_docs`` memories.
     """
     present = sorted((n, term) for term, n in counts.items() if n > 0 and term)
     if not present or present[0][0] > max_docs:
         return None
-    finding: list[str] = []
-    matches = 0
-    for n, term in present:
-        if matches + n > max_docs:
+    rarest, matches = present[0][1], present[0][0]
+    finding = [rarest]
+    for n, term in present[1:]:
+        if n > max_docs or matches + n > max_candidates:
             break
         finding.append(term)
         matches += n
@@ -576,9 +579,11 @@ class SQLConversationStore:
         max_overflow: int = 10,
         busy_timeout_s: float = 5.0,
         keyword_max_docs: int = 2000,
+        keyword_max_candidates: int = 500,
     ) -> None:
         self._kind, self._url = _parse(url)
         self._keyword_max_docs = keyword_max_docs
+        self._keyword_max_candidates = keyword_max_candidates
         self._redacted = redact_url(self._url)
         self._service = "PostgreSQL" if self._kind == "postgresql" else "SQLite"
         self._connect_timeout_s = connect_timeout_s
@@ -905,9 +910,10 @@ class SQLConversationStore:
         a common one; more matched words, more often, rank higher): SQLite with FTS5 ``bm25()``,
         PostgreSQL with BM25 weights from ``memory_terms`` (see :func:`keyword_plan`). The score
         is higher for a better match and comparable only within one call. Words found in more
-        than ``keyword_max_docs`` memories do not find memories by themselves, so a search's cost
-        stays bounded however many memories a user has. Query syntax in ``query`` is never
-        interpreted: see :func:`keyword_terms`.
+        than ``keyword_max_docs`` memories do not find memories by themselves (on PostgreSQL,
+        words past the rarest one find memories only while those stay within
+        ``keyword_max_candidates``), so a search's cost stays bounded however many memories a
+        user has. Query syntax in ``query`` is never interpreted: see :func:`keyword_terms`.
         """
         terms = keyword_terms(query)
         if k <= 0 or not terms:
@@ -929,7 +935,12 @@ class SQLConversationStore:
         """Two statements: the terms' counts (index lookups), then BM25 over what they find."""
         params = {"user_key": user_key, "words": " ".join(terms)}
         counts = {row.term: row.memories for row in await conn.execute(_PG_TERM_COUNTS, params)}
-        plan = keyword_plan(counts, counts.pop("", 0), max_docs=self._keyword_max_docs)
+        plan = keyword_plan(
+            counts,
+            counts.pop("", 0),
+            max_docs=self._keyword_max_docs,
+            max_candidates=self._keyword_max_candidates,
+        )
         if plan is None:
             return []
         ranked: dict[str, Any] = {"user_key": user_key, "finding": tsquery(plan.finding), "k": k}

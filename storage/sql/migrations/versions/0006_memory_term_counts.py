@@ -75,10 +75,14 @@ DECLARE
     vectors tsvector[];
     signs integer[];
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(user_key), array_agg(text_search), array_agg(1)
-        INTO owners, vectors, signs
-        FROM new_rows WHERE superseded_by IS NULL;
+    IF TG_OP = 'INSERT' THEN  -- the common case, in one statement: counts only grow
+        INSERT INTO memory_terms AS m (user_key, term, memories)
+        SELECT n.user_key, t.term, count(*)
+        FROM new_rows AS n, unnest(tsvector_to_array(n.text_search) || '{""}'::text[]) AS t(term)
+        WHERE n.superseded_by IS NULL
+        GROUP BY n.user_key, t.term ORDER BY n.user_key, t.term
+        ON CONFLICT (user_key, term) DO UPDATE SET memories = m.memories + excluded.memories;
+        RETURN NULL;
     ELSIF TG_OP = 'DELETE' THEN
         SELECT array_agg(user_key), array_agg(text_search), array_agg(-1)
         INTO owners, vectors, signs
