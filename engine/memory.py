@@ -12,9 +12,9 @@ LoCoMo measurements behind the weights.
 
 ``MemoryWriter`` owns a bounded queue and one worker task. After a reply the engine
 submits a :class:`TurnRecord`; the worker stores the assistant's turn, turns the user's
-message into a memory (the speaker's name kept in the text; its time in the metadata; the day
-and the turn it followed kept as keyword-only :func:`search_context`) and writes vectors and
-metadata. The recall query is that same text, so its embedding,
+message into a memory (unless it only asks: :func:`asks_only`; the speaker's name kept in the
+text; its time in the metadata; the day and the turn it followed kept as keyword-only
+:func:`search_context`) and writes vectors and metadata. The recall query is that same text, so its embedding,
 computed on the reply path anyway, is reused: the writer embeds only what has none.
 A full queue makes ``submit`` wait (back-pressure) rather than drop anything; ``aclose``
 drains the queue before it stops.
