@@ -505,6 +505,7 @@ async def build_app(
                 notes.append(note)
                 leave_to_workers = False
         priority = ReplyPriority()  # the memory writer gives way to replies being prepared
+        memory_llm = make_memory_llm(settings, llm, primary=backends[0].name.split(":", 1)[0])
         writer = MemoryWriter(
             store,
             vectors,
@@ -512,8 +513,8 @@ async def build_app(
             queue_size=settings.memory_queue_size,
             queue=memory_jobs,
             priority=priority,
+            llm=memory_llm,  # confirms each contradiction before a memory is superseded
         )
-        memory_llm = make_memory_llm(settings, llm, primary=backends[0].name.split(":", 1)[0])
         engine = Engine(
             priority=priority,
             identity=IdentityLinker(store, cache, vectors, write_embedder),

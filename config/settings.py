@@ -312,8 +312,9 @@ class Settings(BaseSettings):
     memory_care_batch_size: int = Field(200, ge=1, description="Most memories one memory-care run looks at.")
     memory_use_llm: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Use the chat LLM in the background to extract lasting facts from what users say "
-        "and to summarise old sessions; off (or when the LLM fails) = rule-based only. auto: on "
+        description="Use the chat LLM in the background to extract lasting facts from what users say, "
+        "to confirm that a newer statement replaces an older one, and to summarise old sessions; off "
+        "(or when the LLM fails) = rule-based only (a failed confirmation replaces nothing). auto: on "
         "unless the chat model is llama.cpp in this process (it would take CPU from replies).",
     )
     memory_llm_calls_per_minute: int = Field(

@@ -94,7 +94,7 @@ async def test_postgres_stopped_mid_conversation_loses_no_message(
         "Next month I am travelling to Iceland with my sister.",
         "I have a grey cat called Pixel who sleeps all day.",
         # PostgreSQL is back here
-        "Did you get everything I told you while things were shaky?",
+        "Thanks for keeping track of everything while things were shaky.",
     ]
     async with (
         FakeTelegram() as telegram,
@@ -214,7 +214,7 @@ async def test_redis_chroma_and_postgres_fail_in_turn_and_nothing_is_lost(
         "I keep them in a cabinet with wide flat drawers.",  # Redis back
         "Last week I found a map of Iceland at a flea market.",  # PostgreSQL down too
         "I paid twelve euros for it, which felt like a bargain.",  # Chroma back
-        "Do you think I should get it framed for the hallway?",  # PostgreSQL back
+        "I think I will get it framed for the hallway.",  # PostgreSQL back
     ]
     async with (
         PrivateRedis() as redis,
