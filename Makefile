@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.discord_e2e
 	$(BIN)/python -m benchmarks.voice
 	$(BIN)/python -m benchmarks.emotion
+	$(BIN)/python -m benchmarks.keyword
 	$(BIN)/python -m benchmarks.locomo --data $(LOCOMO)
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.local_llm

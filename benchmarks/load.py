@@ -341,6 +341,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if args.processes > 1:
             shared["DISCORD_SHARD_COUNT"] = str(args.processes)
+        log_dir = args.log_dir or Path(tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
         bots = [
             BotProcess(
                 bot_environment(
@@ -350,7 +352,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     **shared,
                     **({"DISCORD_SHARD_IDS": str(i)} if args.processes > 1 else {}),
                 ),
-                (args.log_dir or Path(tmp)) / f"bot-{i}.log",
+                log_dir / f"bot-{i}.log",
             )
             for i in range(args.processes)
         ]

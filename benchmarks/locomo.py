@@ -27,6 +27,7 @@ setting best on the other four (mean any@5) is evaluated on it.
     python -m benchmarks.locomo --data /work/shared/benchmarks/locomo-dev.json --json out.json
     python -m benchmarks.locomo --data ... --mode dense      # or keyword; default hybrid
     python -m benchmarks.locomo --data ... --loo
+    python -m benchmarks.locomo --data ... --database-url postgresql://postgres@127.0.0.1/empty_db
 """
 
 from __future__ import annotations
@@ -195,12 +196,13 @@ async def run(
     weights: FusionWeights,
     loo: bool,
     workdir: Path,
+    database_url: str | None = None,
 ) -> dict[str, Any]:
     from inference.minilm import MiniLMEmbedder
     from storage.sql import SQLConversationStore
     from storage.vector.chroma import ChromaVectorMemory
 
-    store = SQLConversationStore(f"sqlite:///{workdir / 'locomo.db'}")
+    store = SQLConversationStore(database_url or f"sqlite:///{workdir / 'locomo.db'}")
     vectors = ChromaVectorMemory.embedded(workdir / "chroma")
     embedder, write_embedder = MiniLMEmbedder(), MiniLMEmbedder()
     for resource in (store, vectors, embedder, write_embedder):
@@ -245,6 +247,7 @@ async def run(
 
         result: dict[str, Any] = {
             "mode": mode,
+            "database": store.kind,
             "weights": asdict(weights) if mode != "dense" else None,
             "min_similarity": min_similarity,
             "conversations": len(conversations),
@@ -352,7 +355,8 @@ async def leave_one_out(
 def render(result: dict[str, Any], ks: Sequence[int]) -> str:
     cols = [f"{m}@{k}" for m in ("any", "frac") for k in ks]
     lines = [
-        f"LoCoMo recall ({result['mode']}): {result['conversations']} conversations, {result['turns']} turns "
+        f"LoCoMo recall ({result['mode']}, {result['database']}): {result['conversations']} conversations, "
+        f"{result['turns']} turns "
         f"→ {result['memories']} memories, {result['overall']['questions']} questions "
         f"({result['skipped_questions']} without usable evidence skipped)",
         f"ingest {result['ingest_s']} s ({result['ingest_turns_per_s']} turns/s); "
@@ -388,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, help="override FusionWeights.pool")
     parser.add_argument("--min-similarity", type=float, help="default: the MEMORY_MIN_SIMILARITY default")
     parser.add_argument("--loo", action="store_true", help="also run the leave-one-conversation-out check")
+    parser.add_argument(
+        "--database-url",
+        help="the conversation store, e.g. an empty PostgreSQL database (default: a temporary SQLite file)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -417,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weights=weights,
                 loo=args.loo,
                 workdir=Path(tmp),
+                database_url=args.database_url,
             )
         )
     result["machine"] = {"python": platform.python_version(), "platform": platform.platform()}

@@ -536,6 +536,8 @@ async def build_app(
                 notes.append(note)
                 leave_to_workers = False
         priority = ReplyPriority()  # the memory writer gives way to replies being prepared
+        primary = backends[0].name.split(":", 1)[0]
+        memory_llm = make_memory_llm(settings, llm, primary=primary)
         writer = MemoryWriter(
             store,
             vectors,
@@ -543,9 +545,8 @@ async def build_app(
             queue_size=settings.memory_queue_size,
             queue=memory_jobs,
             priority=priority,
+            llm=memory_llm,  # confirms each contradiction before a memory is superseded
         )
-        primary = backends[0].name.split(":", 1)[0]
-        memory_llm = make_memory_llm(settings, llm, primary=primary)
         prompt_style, reply_sentences, reply_tokens = reply_shape(settings, primary)
         engine = Engine(
             priority=priority,
@@ -575,6 +576,7 @@ async def build_app(
                 prompt_style=prompt_style,
                 reply_max_sentences=reply_sentences,
                 reply_max_tokens=reply_tokens,
+                max_preparing=settings.engine_max_preparing,
             ),
             emotion=emotion,
             bot_name=settings.bot_name,

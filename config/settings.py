@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     rate_limit_messages: int = Field(10, ge=0, description="Messages per user per window; 0 = no limit.")
     rate_limit_window_s: float = Field(60.0, gt=0, description="Length of the rate-limit window, in seconds.")
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message.")
+    engine_max_preparing: int = Field(
+        16,
+        ge=1,
+        description="Messages gathering their context (stored turn, recall, persona) at once; "
+        "the rest of a burst waits its turn in arrival order instead of crowding the database.",
+    )
 
     # --- front ends ----------------------------------------------------------------------
     web_enabled: bool = Field(True, description="Serve the web chat and REST API.")
@@ -332,8 +338,9 @@ class Settings(BaseSettings):
     memory_care_batch_size: int = Field(200, ge=1, description="Most memories one memory-care run looks at.")
     memory_use_llm: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Use the chat LLM in the background to extract lasting facts from what users say "
-        "and to summarise old sessions; off (or when the LLM fails) = rule-based only. auto: on "
+        description="Use the chat LLM in the background to extract lasting facts from what users say, "
+        "to confirm that a newer statement replaces an older one, and to summarise old sessions; off "
+        "(or when the LLM fails) = rule-based only (a failed confirmation replaces nothing). auto: on "
         "unless the chat model is llama.cpp in this process (it would take CPU from replies).",
     )
     memory_llm_calls_per_minute: int = Field(

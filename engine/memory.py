@@ -12,9 +12,9 @@ LoCoMo measurements behind the weights.
 
 ``MemoryWriter`` owns a bounded queue and one worker task. After a reply the engine
 submits a :class:`TurnRecord`; the worker stores the assistant's turn, turns the user's
-message into a memory (the speaker's name kept in the text; its time in the metadata; the day
-and the turn it followed kept as keyword-only :func:`search_context`) and writes vectors and
-metadata. The recall query is that same text, so its embedding,
+message into a memory (unless it only asks: :func:`asks_only`; the speaker's name kept in the
+text; its time in the metadata; the day and the turn it followed kept as keyword-only
+:func:`search_context`) and writes vectors and metadata. The recall query is that same text, so its embedding,
 computed on the reply path anyway, is reused: the writer embeds only what has none.
 A full queue makes ``submit`` wait (back-pressure) rather than drop anything; ``aclose``
 drains the queue before it stops.
@@ -40,7 +40,8 @@ from typing import Protocol
 from engine.background import ReplyPriority, drain_and_stop
 from engine.errors import WhisperEngineError
 from engine.events import MemoryHit, utcnow
-from engine.memory_care import CarePolicy, contradicts, score_importance
+from engine.memory_care import CarePolicy, ContradictionCheck, conflicts, score_importance
+from engine.memory_llm import BackgroundLLM
 from engine.ports import (
     ConversationStore,
     Embedder,
@@ -55,6 +56,7 @@ from engine.ports import (
     WorkQueue,
     WriteBatch,
 )
+from engine.statements import split_speaker, stated_facts, statement_kind
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +105,18 @@ def search_context(said_at: datetime, follows: str) -> str:
 
 
 def worth_remembering(content: str) -> bool:
-    """Cheap filter for the baseline extractor: skip greetings, one-word replies and commands."""
+    """Cheap filter for the baseline extractor: skip greetings, one-word replies and commands
+    (a short message that states one of the speaker's facts, "im 28 now", is kept)."""
     text = content.strip()
-    return len(text) >= MIN_MEMORY_CHARS and len(text.split()) >= 3 and not text.startswith("/")
+    if text.startswith("/"):
+        return False
+    return (len(text) >= MIN_MEMORY_CHARS and len(text.split()) >= 3) or bool(stated_facts(text))
+
+
+def asks_only(text: str) -> bool:
+    """Whether a message (or a memory's ``"Name: ..."`` text) only asks: no memory is made of
+    it. It says nothing to remember; it stays a turn of its conversation."""
+    return statement_kind(split_speaker(text)[1]) == "question"
 
 
 def vector_metadata(record: MemoryRecord, state: MemoryState | None = None) -> dict[str, MetadataValue]:
@@ -167,6 +178,10 @@ class _GroupCommit:
     def stages_near(self, scope: str, embedding: Vector, similarity: float) -> bool:
         """Whether a memory staged here for ``scope`` is at least ``similarity`` close."""
         return any(_cosine(item.embedding, embedding) >= similarity for item in self.vectors.get(scope, ()))
+
+    def stages_conflicting(self, record: MemoryRecord) -> bool:
+        """Whether a memory staged here for ``record``'s user fills one of its slots otherwise."""
+        return any(conflicts(item.text, record.text) for item in self.vectors.get(record.user_key, ()))
 
 
 def _cosine(a: Vector, b: Vector) -> float:
@@ -403,6 +418,7 @@ class MemoryWriter:
         policy: CarePolicy | None = None,
         queue: WorkQueue[TurnRecord] | None = None,
         priority: ReplyPriority | None = None,
+        llm: BackgroundLLM | None = None,
     ) -> None:
         self._store = store
         self._priority = priority
@@ -416,6 +432,9 @@ class MemoryWriter:
         self.superseded = 0
         self._vectors = vectors
         self._embedder = embedder
+        self.contradictions = ContradictionCheck(embedder, self.policy, llm)
+        """The embedding and LLM steps before a memory supersedes another (``llm``: the LLM
+        that confirms each one; None: the rules and the embeddings decide)."""
         # in-process by default; a shared queue (Redis) lets several processes write the memories
         self._queue: WorkQueue[TurnRecord] = queue if queue is not None else asyncio.Queue(queue_size)
         self._batch_size = batch_size
@@ -476,7 +495,11 @@ class MemoryWriter:
         (replies, new memories, memories used) and one vector upsert per user. Memory care adds
         its own small writes for the memories it reinforces or supersedes."""
         await self._give_way()
-        remembered = [turn for turn in batch if worth_remembering(turn.user_message.content)]
+        remembered = [
+            turn
+            for turn in batch
+            if worth_remembering(turn.user_message.content) and not asks_only(turn.user_message.content)
+        ]
         records = [
             MemoryRecord(
                 id=message_memory_id(m),
@@ -508,7 +531,9 @@ class MemoryWriter:
 
     async def remember(self, records: Sequence[MemoryRecord]) -> None:
         """Write memories made elsewhere (extracted facts) with the same care as the user's
-        messages: embedded in one batch, then each deduplicated or superseding."""
+        messages: embedded in one batch, then each deduplicated or superseding (a question is
+        left out)."""
+        records = [record for record in records if not asks_only(record.text)]
         if not records:
             return
         embeddings = await self._embeddings(records, [None] * len(records))
@@ -519,10 +544,12 @@ class MemoryWriter:
         self, records: Sequence[MemoryRecord], embeddings: Sequence[Vector], commit: _GroupCommit
     ) -> None:
         """Check each memory against its nearest current memories (staged in ``commit``), then
-        commit. A memory close to one staged in the same batch commits what is staged first, so
-        that it is checked against it too."""
+        commit. A memory close to one staged in the same batch, or filling one of its slots,
+        commits what is staged first, so that it is checked against it too."""
         for record, embedding in zip(records, embeddings, strict=True):
-            if commit.stages_near(record.user_key, embedding, self.policy.related_similarity):
+            if commit.stages_near(
+                record.user_key, embedding, self.policy.related_similarity
+            ) or commit.stages_conflicting(record):
                 await self._commit(commit)
                 commit = _GroupCommit(at=commit.at)
             await self._plan(record, embedding, commit)
@@ -536,15 +563,23 @@ class MemoryWriter:
         hits = await self._vectors.query(user_key, embedding, policy.neighbours)
         if any(h.id == record.id for h in hits):
             return  # written before: a job done again after a crash
-        neighbours = [h for h in hits if not _superseded(h) and h.similarity >= policy.related_similarity]
-        contradicted = [  # a message never contradicts itself: a fact drawn from it leaves it be
-            h
-            for h in neighbours
-            if contradicts(h.text, record.text)
+        current = [h for h in hits if not _superseded(h)]
+        conflicting = {  # a message never contradicts itself: a fact drawn from it leaves it be
+            h.id: (h.text, found)
+            for h in current
+            if (found := conflicts(h.text, record.text))
             and not set(record.source_message_ids) & set(str(h.metadata.get("sources") or "").split(","))
-        ]
+        }
+        contradicted = await self.contradictions.confirmed_ids(record.text, conflicting)
+        kind = statement_kind(split_speaker(record.text)[1])
         duplicate = next(
-            (h for h in neighbours if h.similarity >= policy.duplicate_similarity and h not in contradicted),
+            (
+                h
+                for h in current
+                if h.similarity >= policy.duplicate_similarity
+                and h.id not in conflicting
+                and statement_kind(split_speaker(h.text)[1]) == kind
+            ),
             None,
         )
         if duplicate is not None and not contradicted:
@@ -575,7 +610,7 @@ class MemoryWriter:
                 self.reinforced += 1
                 return
         commit.add(record, embedding)
-        commit.supersede.extend((user_key, old.id, record.id) for old in contradicted)
+        commit.supersede.extend((user_key, old_id, record.id) for old_id in sorted(contradicted))
 
     async def _commit(self, commit: _GroupCommit) -> None:
         """Write what ``commit`` staged: the store first (one transaction), then the vectors."""

@@ -1,16 +1,28 @@
 """Memory care: the rules that keep long-term memory tidy, and the job that applies them.
 
-On write (``MemoryWriter``, in the background): every new memory gets an importance from
-:func:`score_importance` (first-person facts, preferences, plans, names and dates score higher,
-small talk lower). Its nearest memories in the user's own vector partition decide what happens:
+On write (``MemoryWriter``, in the background): every message is first read by
+``engine/statements.py``: what kind of statement each part of it is (fact, question,
+hypothetical, negation, quote, joke, small talk) and which of the speaker's own slots it fills
+as a fact. A message that only asks is not made a memory at all (it stays a turn of its
+conversation). Every other memory gets an importance from :func:`score_importance` (first-person
+facts, preferences, plans, names and dates score higher, small talk lower; a hypothetical, a
+quote or a joke at most ``NOT_ASSERTED_IMPORTANCE``). Its nearest memories in the user's own
+vector partition decide what happens:
 
-* a memory that says the same thing (cosine >= ``CarePolicy.duplicate_similarity``) is
-  *reinforced* instead of copied: importance up (bounded), ``mentions`` up, the new message id
-  added to its sources (provenance keeps both), ``updated_at`` set;
-* a similar memory (cosine >= ``CarePolicy.related_similarity``) that fills the same slot with a
-  different value (:func:`contradicts`: "I live in Berlin" / "I live in Lisbon") is
-  *superseded*: the newer statement wins, the older one is kept as history with
-  ``superseded_by`` set and is left out of recall.
+* a memory that says the same thing, as the same kind of statement (cosine >=
+  ``CarePolicy.duplicate_similarity``; "my dog isn't called Rex" is no restatement of "my dog is
+  called Rex") is *reinforced* instead of copied: importance up (bounded), ``mentions`` up, the
+  new message id added to its sources (provenance keeps both), ``updated_at`` set;
+* a memory it contradicts is *superseded*: the newer statement wins, the older one is kept as
+  history with ``superseded_by`` set and is left out of recall. Contradiction takes all of:
+  :func:`conflicts` — the same speaker gives one of their own slots a different value, both as
+  facts ("I live in Berlin" / "I live in Lisbon"; never a question, hypothetical, negation,
+  quote or joke, never someone else's dog), and the older memory fills no other slot that the
+  newer leaves alone; the embeddings — the two statements of the slot, embedded on their own,
+  are at least ``CarePolicy.same_slot_similarity`` close (they are about the same thing); and,
+  when an LLM is there for memory work, its "yes" to :func:`confirmation_prompt` — an LLM that
+  fails, times out or answers anything but yes leaves the older memory be. A neighbour that
+  conflicts by the rules is never taken for a duplicate, superseded or not.
 
 After a reply the recalled memories are marked used (``use_count``, ``last_used_at``).
 :func:`effective_importance` decays a memory's importance with the time since it was last
@@ -21,25 +33,35 @@ then runs its ``compactor`` (``engine/compaction.py``: old turns into session su
 The store methods memory care uses are part of the ``ConversationStore`` port.
 
 Thresholds measured with all-MiniLM-L6-v2 on "Alice: ..." texts: paraphrases and restatements
-0.97-0.99 ("my dog is called Rex" / "My dog's name is Rex" 0.969); same slot, other value
-0.77-0.90 ("I live in Berlin" / "I live in Lisbon" 0.766, favourite colour green/blue 0.898,
-nurse/teacher 0.805); unrelated facts 0.55-0.66. The slot rule is checked before the
-duplicate threshold, so a near-identical sentence with a new value is still a contradiction.
+0.97-0.99 ("my dog is called rex" / "My dog's name is Rex" 0.969), but a negation too ("my dog
+is called Biscuit" / "my dog isn't called Biscuit" 0.976: hence the same kind for a duplicate);
+one slot, another value 0.66-0.98 ("I work at Google" / "I work at a small bakery" 0.661,
+"I'm from Porto" / "I'm from Chicago" 0.673, "I live in Berlin" / "I live in Lisbon" 0.766,
+favourite colour green/blue 0.898, 34/35 years old 0.978); the same words read as a slot but
+about something else 0.44-0.60 ("I live in Berlin" / "I live in constant fear of spiders" 0.439,
+"I moved to Lisbon" / "I moved to the sofa for a nap" 0.578, "I'm from Porto" / "I'm from the
+future" 0.597) — the rest of such misreadings the rules themselves reject ("my name is on the
+waiting list" 0.736, "my birthday is a big deal" 0.818: no value). These pairs are not in the
+phrasing corpus the tests use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from engine.background import cancel_and_wait
 from engine.errors import WhisperEngineError
-from engine.events import utcnow
-from engine.ports import ConversationStore, MemoryState, VectorMemory
+from engine.events import ChatMessage, utcnow
+from engine.memory_llm import BackgroundLLM
+from engine.ports import ConversationStore, Embedder, MemoryState, Vector, VectorMemory
+from engine.statements import NOT_ASSERTED, SlotFact, split_speaker, stated_facts, statement_kind
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +72,9 @@ class CarePolicy:
 
     duplicate_similarity: float = 0.92
     related_similarity: float = 0.70
+    """Nearest memories at least this close are checked as duplicates."""
+    same_slot_similarity: float = 0.6
+    """The two statements of one slot must be this close to be a contradiction."""
     neighbours: int = 5
     reinforce_delta: float = 0.1
     max_importance: float = 1.0
@@ -84,8 +109,17 @@ _SMALL_TALK = re.compile(
 )
 
 
+NOT_ASSERTED_IMPORTANCE = 0.5
+"""The most a hypothetical, a quote or a joke scores: kept, but never an important memory."""
+QUESTION_IMPORTANCE = 0.1
+
+
 def score_importance(content: str) -> float:
-    """A rule-based importance in [0.1, 0.9]: facts about the speaker high, small talk low."""
+    """A rule-based importance in [0.1, 0.9]: facts about the speaker high, small talk low; a
+    question 0.1, a hypothetical, quote or joke at most ``NOT_ASSERTED_IMPORTANCE``."""
+    kind = statement_kind(content)
+    if kind == "question":
+        return QUESTION_IMPORTANCE
     text = content.strip().lower()
     score = 0.5
     if _SMALL_TALK.search(text):
@@ -98,57 +132,126 @@ def score_importance(content: str) -> float:
         score += 0.1
     if _DATE.search(text):
         score += 0.1
-    if text.endswith("?") and not _FIRST_PERSON_FACT.search(text):
-        score -= 0.1
+    if kind in NOT_ASSERTED:
+        score = min(score, NOT_ASSERTED_IMPORTANCE)
     return round(min(max(score, 0.1), 0.9), 2)
 
 
-# A slot pattern: group "slot" (optional) names what is described, group "value" its value.
-_SLOTS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("favourite", re.compile(r"\bmy (?:favou?rite|fav) (?P<slot>\w+(?: \w+)?) is (?P<value>[^.,;!?]+)")),
-    ("name", re.compile(r"\b(?:my name is|call me) (?P<value>[^.,;!?]+)")),
-    ("age", re.compile(r"\bi(?: am|'m) (?P<value>\d+) years? old")),
-    ("live", re.compile(r"\bi(?: now| currently)? live in (?P<value>[^.,;!?]+)")),
-    ("live", re.compile(r"\bi(?: have|'ve)? moved to (?P<value>[^.,;!?]+)")),
-    ("work", re.compile(r"\bi(?: now| currently)? work (?:as|at|for) (?:an? |the )?(?P<value>[^.,;!?]+)")),
-    ("work", re.compile(r"\bi(?: am|'m) an? (?P<value>\w+) by (?:profession|trade)")),
-    ("my", re.compile(r"\bmy (?P<slot>\w+(?: \w+)?) is (?:called |named )?(?P<value>[^.,;!?]+)")),
-)
-_FILLER = frozenset(
-    ["now", "currently", "these", "days", "again", "too", "also", "actually", "still", "anymore", "though"]
-)
-_CLAUSE = re.compile(r"\s+(?:and|but|so|because|since|where|which|with)\s+")
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """One slot given two values by the same speaker, both stated as facts."""
+
+    slot: str
+    older: SlotFact
+    newer: SlotFact
+    speaker: str
 
 
-def _slots(text: str) -> dict[str, str]:
-    """The slots a statement fills, e.g. ``{"live": "lisbon"}``, from its first-person phrases."""
-    body = text.split(": ", 1)[1] if ": " in text else text
-    body = body.lower().replace("\u2019", "'")
-    found: dict[str, str] = {}
-    for name, pattern in _SLOTS:
-        for match in pattern.finditer(body):
-            groups = match.groupdict()
-            key = f"{name}:{groups['slot']}" if groups.get("slot") else name
-            value = _CLAUSE.split(groups["value"], maxsplit=1)[0]
-            words = [w for w in re.findall(r"[\w'-]+", value) if w not in _FILLER]
-            if words and key not in found:
-                found[key] = " ".join(words)
-    return found
+def _same_value(a: str, b: str) -> bool:
+    """Equal, or one only extends the other ("berlin" / "berlin mitte")."""
+    return a == b or a.startswith(b + " ") or b.startswith(a + " ")
+
+
+def conflicts(older: str, newer: str) -> list[Conflict]:
+    """The slots to which ``newer`` gives another value than ``older`` (both memory texts,
+    ``"Name: ..."``): same speaker, both facts of their own. Empty when ``older`` also fills a
+    slot that ``newer`` leaves alone: superseding it would hide that fact."""
+    old_speaker, old_words = split_speaker(older)
+    new_speaker, new_words = split_speaker(newer)
+    if old_speaker.casefold() != new_speaker.casefold():
+        return []
+    old_facts = stated_facts(old_words)
+    if not old_facts:
+        return []
+    new_facts = stated_facts(new_words)
+    if any(slot not in new_facts for slot in old_facts):
+        return []
+    return [
+        Conflict(slot, old_facts[slot], fact, new_speaker)
+        for slot, fact in new_facts.items()
+        if slot in old_facts and not _same_value(old_facts[slot].value, fact.value)
+    ]
 
 
 def contradicts(older: str, newer: str) -> bool:
-    """Whether ``newer`` gives a different value to a slot ``older`` filled ("my X is Y",
-    "I live in Y", "I work as Y", "my favourite X is Y", ...). A value that only extends the
-    other ("Berlin" / "Berlin Mitte") is not a contradiction."""
-    old_slots, new_slots = _slots(older), _slots(newer)
-    for key, new_value in new_slots.items():
-        old_value = old_slots.get(key)
-        if old_value is None or old_value == new_value:
-            continue
-        if old_value.startswith(new_value + " ") or new_value.startswith(old_value + " "):
-            continue
-        return True
-    return False
+    """Whether the rules alone read ``newer`` as replacing ``older`` (see :func:`conflicts`)."""
+    return bool(conflicts(older, newer))
+
+
+CONFIRM_SYSTEM = "You keep the memory of a chat companion up to date. Answer with one word: yes or no."
+
+
+def confirmation_prompt(older: str, newer: str) -> list[ChatMessage]:
+    """The short yes/no question put to the LLM before ``newer`` supersedes ``older``."""
+    speaker, old_words = split_speaker(older)
+    _, new_words = split_speaker(newer)
+    who = speaker or "The user"
+    question = (
+        f'Earlier {who} said: "{old_words.strip()}"\n'
+        f'Now {who} says: "{new_words.strip()}"\n'
+        f"Does the new message state, as a fact about {who} themself (not a question, joke, wish, "
+        "guess or someone else's words), that the earlier statement is no longer true? Yes or no?"
+    )
+    return [ChatMessage("system", CONFIRM_SYSTEM), ChatMessage("user", question)]
+
+
+_THINKING = re.compile(r"<(think|thinking)>.*?(?:</\1>|$)", re.IGNORECASE | re.DOTALL)
+_ANSWER = re.compile(r"\W*(yes|no)\b", re.IGNORECASE)
+
+
+def read_confirmation(answer: str | None) -> bool:
+    """True only for an answer that starts with "yes" (a reasoning model's thinking left out)."""
+    if answer is None:
+        return False
+    match = _ANSWER.match(_THINKING.sub("", answer))
+    return match is not None and match.group(1).lower() == "yes"
+
+
+def _cosine(a: Vector, b: Vector) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return dot / norm if norm else 0.0
+
+
+class ContradictionCheck:
+    """The embedding and LLM steps of a contradiction, after the rules (:func:`conflicts`)."""
+
+    def __init__(self, embedder: Embedder, policy: CarePolicy, llm: BackgroundLLM | None = None) -> None:
+        self._embedder = embedder
+        self.policy = policy
+        self.llm = llm
+        """Asked to confirm each contradiction; None: the rules and embeddings decide."""
+        self.asked = 0
+        self.confirmed = 0
+
+    async def confirmed_ids(
+        self, newer: str, candidates: Mapping[str, tuple[str, Sequence[Conflict]]]
+    ) -> set[str]:
+        """Of ``candidates`` (memory id → its text and its conflicts with ``newer``), the ids
+        of the memories ``newer`` supersedes."""
+        if not candidates:
+            return set()
+        pairs = [(memory_id, conflict) for memory_id, (_, found) in candidates.items() for conflict in found]
+        texts = [f"{c.speaker}: {side.words}" for _, c in pairs for side in (c.older, c.newer)]
+        vectors = await self._embedder.embed(texts)
+        about_something_else = {  # every conflicting slot of a memory must be about the same thing
+            memory_id
+            for i, (memory_id, _) in enumerate(pairs)
+            if _cosine(vectors[2 * i], vectors[2 * i + 1]) < self.policy.same_slot_similarity
+        }
+        close = set(candidates) - about_something_else
+        if self.llm is None:
+            return close
+        confirmed: set[str] = set()
+        for memory_id in sorted(close):
+            self.asked += 1
+            older_text = candidates[memory_id][0]
+            if read_confirmation(await self.llm.complete(confirmation_prompt(older_text, newer))):
+                confirmed.add(memory_id)
+                self.confirmed += 1
+            else:
+                logger.info("memory care: the LLM did not confirm that a memory is superseded")
+        return confirmed
 
 
 def effective_importance(state: MemoryState, now: datetime, half_life_days: float) -> float:

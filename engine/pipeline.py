@@ -91,6 +91,9 @@ class EngineConfig:
     reply_max_tokens: int | None = None
     """A usual reply's token cap (None: ``budget.reply_tokens``, which a reply asked to be
     longer gets)."""
+    max_preparing: int = 16
+    """Messages gathering their context at once; the rest wait their turn (FIFO). Bounds what a
+    burst asks of the database, the vector store and the embedder at one time."""
 
 
 def _turn_to_json(turn: Turn) -> str:
@@ -157,6 +160,7 @@ class Engine:
         self.in_flight = 0
         self._replies = _ReplyChain()
         self._history = HistoryWindows()  # where each conversation's shown history starts
+        self._preparing = asyncio.Semaphore(config.max_preparing)
 
     async def start(self) -> None:
         await self.writer.start()
@@ -230,8 +234,11 @@ class Engine:
         self.in_flight += 1
         try:
             try:
-                with self.priority.reply():  # background writers wait while context is gathered
-                    context = await self._context(message, placed)
+                # A conversation's lock is only ever waited for by a message that holds a slot,
+                # and its holder has one too: the bound cannot deadlock.
+                async with self._preparing:
+                    with self.priority.reply():  # background writers wait while context is gathered
+                        context = await self._context(message, placed)
             except WriteRefused as exc:  # not stored: say so rather than answer and forget it
                 logger.error(
                     "message of %s in %s refused: %s", message.user_key, message.conversation_key, exc

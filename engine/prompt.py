@@ -314,9 +314,10 @@ def build_prompt(
     if memories and memory_room > estimate_tokens(header) + 1:
         memory_room -= estimate_tokens(header) + 1  # each line and the block: +1 for its separator
         for hit in memories:
-            if shape.max_memories is not None and len(included) >= shape.max_memories:
+            if shape.max_memories is not None and len(memory_lines) >= shape.max_memories:
                 break
             if hit.text.strip() in shown:
+                included.append(hit)  # in the prompt all the same, as the turn
                 continue
             line = _memory_line(hit, user_name, style)
             cost = estimate_tokens(line) + 1

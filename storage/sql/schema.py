@@ -135,11 +135,14 @@ vector_outbox = sa.Table(
 # Keyword search over ``memories.text`` (migration 0002) lives outside this metadata because it
 # differs per dialect: SQLite has the FTS5 table ``memories_fts`` (plus FTS5's own shadow tables
 # ``memories_fts_*``) kept in step by triggers; PostgreSQL a stored generated ``tsvector`` column
-# ``memories.text_search`` with the GIN index ``ix_memories_text_search``. Schema comparisons
-# (Alembic autogenerate, the contract test) leave these objects out with ``include_object``.
+# ``memories.text_search`` with the GIN index ``ix_memories_text_search``, and (migration 0006)
+# the table ``memory_terms`` of per-user term counts kept in step by triggers. Schema comparisons
+# (Alembic autogenerate, the contract test) leave these objects out with ``include_object``;
+# backups leave them out too, since the database derives them from ``memories``.
 KEYWORD_SEARCH_TABLE = "memories_fts"
 KEYWORD_SEARCH_COLUMN = "text_search"
 KEYWORD_SEARCH_INDEX = "ix_memories_text_search"
+KEYWORD_TERMS_TABLE = "memory_terms"
 
 
 def is_keyword_search_object(name: str | None, type_: str) -> bool:
@@ -147,6 +150,8 @@ def is_keyword_search_object(name: str | None, type_: str) -> bool:
     if name is None:
         return False
     if type_ == "table":
+        if name == KEYWORD_TERMS_TABLE:
+            return True
         return name == KEYWORD_SEARCH_TABLE or name.startswith(KEYWORD_SEARCH_TABLE + "_")
     if type_ == "column":
         return name == KEYWORD_SEARCH_COLUMN
@@ -164,6 +169,7 @@ __all__ = [
     "KEYWORD_SEARCH_COLUMN",
     "KEYWORD_SEARCH_INDEX",
     "KEYWORD_SEARCH_TABLE",
+    "KEYWORD_TERMS_TABLE",
     "NAMING_CONVENTION",
     "UTCDateTime",
     "include_object",

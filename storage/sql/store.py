@@ -17,11 +17,13 @@ PostgreSQL: one-statement calls in autocommit (no BEGIN/COMMIT trips), no pre-pi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -189,9 +191,11 @@ def _reason(exc: BaseException) -> str:
 
 # SQLite primary result codes that say "not now", not "wrong statement": busy, locked, I/O
 # error, disk full, cannot open. PostgreSQL SQLSTATEs: connection exceptions (08), insufficient
-# resources such as a full disk (53), and shutdown/start-up (57P01-57P03).
+# resources such as a full disk (53), shutdown/start-up (57P01-57P03), and a transaction rolled
+# back to be retried: serialization failure or deadlock (40001, 40P01; concurrent writers of one
+# user's keyword term counts can meet in a deadlock, which PostgreSQL breaks by aborting one).
 _SQLITE_CANNOT_SERVE = frozenset({5, 6, 10, 13, 14})
-_PG_CANNOT_SERVE = ("08", "53", "57P01", "57P02", "57P03")
+_PG_CANNOT_SERVE = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
 
 
 def _cannot_serve(exc: sa_exc.DBAPIError) -> bool:
@@ -442,20 +446,74 @@ def tsquery(terms: Sequence[str]) -> str:
 
 
 _MEMORY_SELECT = ", ".join(f"m.{c.name}" for c in _MEMORY_COLS)
-_KEYWORD_SEARCH: dict[str, sa.TextClause] = {
-    "sqlite": sa.text(
-        f"SELECT {_MEMORY_SELECT}, -bm25(memories_fts, 1.0, 0.5) AS score "
-        "FROM memories_fts JOIN memories AS m ON m.seq = memories_fts.rowid "
-        "WHERE memories_fts MATCH :query AND m.user_key = :user_key AND m.superseded_by IS NULL "
-        "ORDER BY bm25(memories_fts, 1.0, 0.5), m.seq DESC LIMIT :k"
-    ).columns(*_MEMORY_COLS, sa.column("score", sa.Float)),
-    "postgresql": sa.text(
-        f"SELECT {_MEMORY_SELECT}, ts_rank_cd(m.text_search, q) AS score "
-        "FROM memories AS m, to_tsquery('english'::regconfig, :query) AS q "
-        "WHERE m.user_key = :user_key AND m.superseded_by IS NULL AND m.text_search @@ q "
+_SQLITE_KEYWORD_SEARCH = sa.text(
+    f"SELECT {_MEMORY_SELECT}, -bm25(memories_fts, 1.0, 0.5) AS score "
+    "FROM memories_fts JOIN memories AS m ON m.seq = memories_fts.rowid "
+    "WHERE memories_fts MATCH :query AND m.user_key = :user_key AND m.superseded_by IS NULL "
+    "ORDER BY bm25(memories_fts, 1.0, 0.5), m.seq DESC LIMIT :k"
+).columns(*_MEMORY_COLS, sa.column("score", sa.Float))
+
+# PostgreSQL: the query's lexemes (stemmed as ``text_search`` is) with the number of the user's
+# current memories holding each, from ``memory_terms``; the empty term counts the memories.
+_PG_TERM_COUNTS = sa.text(
+    "SELECT w.term, coalesce(c.memories, 0) AS memories "
+    "FROM unnest(tsvector_to_array(to_tsvector('english'::regconfig, :words)) || '{\"\"}'::text[]) "
+    "AS w(term) "
+    "LEFT JOIN memory_terms AS c ON c.user_key = :user_key AND c.term = w.term"
+).columns(sa.column("term", sa.Text), sa.column("memories", sa.Integer))
+# ts_rank weights of D, C, B (the search context) and A (the text): the context at half weight,
+# as bm25(memories_fts, 1.0, 0.5) has it on SQLite; normalization 1 divides by 1 + log(length).
+_PG_TERM_RANK = "ts_rank('{0, 0, 0.5, 1}'::float4[], m.text_search, CAST(CAST(:q%d AS text) AS tsquery), 1)"
+
+
+@functools.cache
+def _pg_keyword_search(terms: int) -> sa.TextClause:
+    """The ranking statement for ``terms`` weighted lexemes ``:q0``/``:w0`` ... (PostgreSQL)."""
+    score = " + ".join(f"CAST(:w{i} AS float8) * {_PG_TERM_RANK % i}" for i in range(terms))
+    return sa.text(
+        f"SELECT {_MEMORY_SELECT}, {score} AS score FROM memories AS m "
+        "WHERE m.user_key = :user_key AND m.superseded_by IS NULL "
+        "AND m.text_search @@ CAST(CAST(:finding AS text) AS tsquery) "
         "ORDER BY score DESC, m.seq DESC LIMIT :k"
-    ).columns(*_MEMORY_COLS, sa.column("score", sa.Float)),
-}
+    ).columns(*_MEMORY_COLS, sa.column("score", sa.Float))
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordPlan:
+    """How one PostgreSQL keyword search runs: which lexemes find memories, how each weighs."""
+
+    finding: tuple[str, ...]
+    """The rarest lexemes: the memories that hold any of them are the ones ranked."""
+    weights: dict[str, float]
+    """Every lexeme the user's memories hold, with its BM25 inverse document frequency."""
+
+
+def keyword_plan(
+    counts: Mapping[str, int], total: int, *, max_docs: int, max_candidates: int
+) -> KeywordPlan | None:
+    """Plan a search from the number of memories holding each lexeme (``total``: all of them).
+
+    Each lexeme weighs its BM25 idf, ``ln(1 + (total - n + 0.5) / (n + 0.5))``, so a word in
+    few memories counts for more than a common one. Only the rarest lexemes find memories: the
+    rarest one, if it is in at most ``max_docs`` memories (like SQLite, which leaves commoner
+    words out), then the next rarest while the memories found stay within ``max_candidates``.
+    So a search ranks at most ``max(max_docs, max_candidates)`` memories whatever the words,
+    usually far fewer; the commoner words still add their (small) weight to the memories found.
+    None when no lexeme matches, or when even the rarest is in more than ``max_docs`` memories.
+    """
+    present = sorted((n, term) for term, n in counts.items() if n > 0 and term)
+    if not present or present[0][0] > max_docs:
+        return None
+    rarest, matches = present[0][1], present[0][0]
+    finding = [rarest]
+    for n, term in present[1:]:
+        if n > max_docs or matches + n > max_candidates:
+            break
+        finding.append(term)
+        matches += n
+    documents = max(total, present[-1][0])
+    weights = {term: math.log(1.0 + (documents - n + 0.5) / (n + 0.5)) for n, term in present}
+    return KeywordPlan(tuple(finding), weights)
 
 
 class _Upserts:
@@ -521,9 +579,11 @@ class SQLConversationStore:
         max_overflow: int = 10,
         busy_timeout_s: float = 5.0,
         keyword_max_docs: int = 2000,
+        keyword_max_candidates: int = 500,
     ) -> None:
         self._kind, self._url = _parse(url)
         self._keyword_max_docs = keyword_max_docs
+        self._keyword_max_candidates = keyword_max_candidates
         self._redacted = redact_url(self._url)
         self._service = "PostgreSQL" if self._kind == "postgresql" else "SQLite"
         self._connect_timeout_s = connect_timeout_s
@@ -846,22 +906,48 @@ class SQLConversationStore:
     async def keyword_search(self, user_key: str, query: str, k: int) -> list[tuple[MemoryRecord, float]]:
         """The user's ``k`` memories that best match the words of ``query``, best first.
 
-        Any word may match (OR); SQLite ranks with FTS5 ``bm25()``, PostgreSQL with
-        ``ts_rank_cd``; the score is higher for a better match and comparable only within one
-        call. Query syntax in ``query`` is never interpreted: see :func:`keyword_terms`.
+        Any word may match (OR); both backends rank BM25-like (a rare word counts for more than
+        a common one; more matched words, more often, rank higher): SQLite with FTS5 ``bm25()``,
+        PostgreSQL with BM25 weights from ``memory_terms`` (see :func:`keyword_plan`). The score
+        is higher for a better match and comparable only within one call. Words found in more
+        than ``keyword_max_docs`` memories do not find memories by themselves (on PostgreSQL,
+        words past the rarest one find memories only while those stay within
+        ``keyword_max_candidates``), so a search's cost stays bounded however many memories a
+        user has. Query syntax in ``query`` is never interpreted: see :func:`keyword_terms`.
         """
         terms = keyword_terms(query)
         if k <= 0 or not terms:
             return []
         async with self._connect("keyword_search", single=True) as conn:
-            if self._kind == "sqlite":
+            if self._kind == "postgresql":
+                rows = await self._pg_keyword_search(conn, user_key, terms, k)
+            else:
                 terms = await self._distinctive_terms(conn, terms)
                 if not terms:
                     return []
-            text = fts5_query(terms) if self._kind == "sqlite" else tsquery(terms)
-            params = {"user_key": user_key, "query": text, "k": k}
-            rows = (await conn.execute(_KEYWORD_SEARCH[self._kind], params)).all()
+                params = {"user_key": user_key, "query": fts5_query(terms), "k": k}
+                rows = (await conn.execute(_SQLITE_KEYWORD_SEARCH, params)).all()
         return [(_memory(row), float(row._mapping["score"])) for row in rows]
+
+    async def _pg_keyword_search(
+        self, conn: AsyncConnection, user_key: str, terms: Sequence[str], k: int
+    ) -> Sequence[sa.Row[Any]]:
+        """Two statements: the terms' counts (index lookups), then BM25 over what they find."""
+        params = {"user_key": user_key, "words": " ".join(terms)}
+        counts = {row.term: row.memories for row in await conn.execute(_PG_TERM_COUNTS, params)}
+        plan = keyword_plan(
+            counts,
+            counts.pop("", 0),
+            max_docs=self._keyword_max_docs,
+            max_candidates=self._keyword_max_candidates,
+        )
+        if plan is None:
+            return []
+        ranked: dict[str, Any] = {"user_key": user_key, "finding": tsquery(plan.finding), "k": k}
+        for i, (term, weight) in enumerate(plan.weights.items()):
+            ranked[f"q{i}"] = tsquery([term])
+            ranked[f"w{i}"] = weight
+        return (await conn.execute(_pg_keyword_search(len(plan.weights)), ranked)).all()
 
     async def _distinctive_terms(self, conn: AsyncConnection, terms: Sequence[str]) -> list[str]:
         """The terms found in at most ``keyword_max_docs`` memories (SQLite).
@@ -1155,10 +1241,12 @@ __all__ = [
     "MIGRATIONS_DIR",
     "STOPWORDS",
     "DatabaseKind",
+    "KeywordPlan",
     "SQLConversationStore",
     "alembic_config",
     "database_kind",
     "fts5_query",
+    "keyword_plan",
     "keyword_terms",
     "redact_url",
     "sqlalchemy_url",

@@ -831,7 +831,7 @@ async def test_ping_and_restart_keep_data(sql_url: str) -> None:
         assert await again.get_setting("guild:discord:restart", "k") == [1]
         async with again.engine.connect() as conn:
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
-        assert version == "0005"
+        assert version == "0006"
         await again.delete_setting("guild:discord:restart", "k")
     finally:
         await again.aclose()

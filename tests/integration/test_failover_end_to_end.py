@@ -90,9 +90,11 @@ async def test_replies_go_on_while_redis_and_chroma_are_down(tmp_path: Path) -> 
             assert report["status"] == "degraded"
             assert report["components"]["cache"]["status"] == "degraded"
             assert report["components"]["vectors"]["status"] == "degraded"
-            assert "3 memory writes queued" in report["components"]["vectors"]["detail"]
+            # the three turns' memories wait in the database, in one to three group commits
+            queued = app.vectors.pending
+            assert 1 <= queued <= 3
+            assert f"{queued} memory writes queued" in report["components"]["vectors"]["detail"]
             assert report["components"]["store"]["status"] == "ok"
-            assert app.vectors.pending == 3
 
             # Both come back; the cache returns to Redis, the queued writes reach Chroma.
             await asyncio.to_thread(redis.restart)

@@ -233,11 +233,11 @@ async def test_linking_identities_that_already_have_links_joins_them_all(kit: Ki
     assert result.canonical == DISCORD and set(result.accounts) == {DISCORD, TELEGRAM, SLACK, WEB}
     for account in (DISCORD, TELEGRAM, SLACK, WEB):
         assert await kit.engine.resolve_user_key(account) == DISCORD
-    await kit.say(WEB, "which lake do I like best, bled?", name="Dana W")
+    await kit.say(WEB, "i swam in lake bled again last summer", name="Dana W")
     assert "lake bled in slovenia" in kit.last_prompt()
-    await kit.say(TELEGRAM, "what is my cat pepperoni like?", name="Dana T")
+    await kit.say(TELEGRAM, "my cat pepperoni knocked a plant over today", name="Dana T")
     assert "pepperoni the third" in kit.last_prompt()
-    await kit.settle()  # the two questions above are memories too, written in the background
+    await kit.settle()  # the two messages above are memories too, written in the background
     for merged in (TELEGRAM, SLACK, WEB):
         assert await kit.vectors.count(merged) == 0
     assert await kit.vectors.count(DISCORD) == await kit.store.count_memories(DISCORD) == 4

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from engine.events import ChatMessage, UniversalMessage
+from engine.pipeline import EngineConfig
 
 
 class GatedLLM:
@@ -87,7 +88,7 @@ async def test_different_people_in_one_channel_are_answered_in_parallel_with_con
         assert sorted(llm.started) == sorted(texts)
         # each saw the messages that arrived before it, and none that came after
         for i, text in enumerate(texts):
-            history = [m.content for m in llm.prompts[text][1:-1]]
+            history = [m.content for m in llm.prompts[text][1:-2]]  # the turns, before the context
             assert history == [f"{PEOPLE[j][1]}: {texts[j]}" for j in range(i)]
         # the last one finishes first; the others are not held up by it, nor it by them
         llm.gate(texts[2]).set()
@@ -126,7 +127,7 @@ async def test_one_persons_messages_are_answered_in_order_with_the_earlier_reply
         llm.gate("I adopted a cat").set()
         await first
         await until(lambda: "what should I call her?" in llm.started)
-        history = [m.content for m in llm.prompts["what should I call her?"][1:-1]]
+        history = [m.content for m in llm.prompts["what should I call her?"][1:-2]]
         # her first message, then (in the order things happened) the answer to it
         assert history[0] == f"{ana_name}: I adopted a cat"
         assert history[-1] == "answer to I adopted a cat"
@@ -146,3 +147,46 @@ async def test_a_failed_answer_does_not_hold_up_the_same_persons_next_message(ma
         second = engine.handle(in_channel("second", uid, name, "120000000000000021")).collect()
         llm.gate("second").set()
         assert (await asyncio.wait_for(second, 5)).content == "answer to second"
+
+
+class CountingRecall:
+    """Wraps the engine's memory recall and counts the searches in progress at once."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.running = 0
+        self.most_running = 0
+
+    async def search(self, *args: object, **kwargs: object) -> object:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(0.01)
+            return await self.inner.search(*args, **kwargs)  # type: ignore[attr-defined]
+        finally:
+            self.running -= 1
+
+
+async def test_a_burst_gathers_context_a_few_messages_at_a_time_and_still_answers_all_in_parallel(
+    make_engine,
+) -> None:
+    llm = GatedLLM()
+    people = [(f"41258611735586{i:04d}", f"Person{i}") for i in range(12)]
+    async with make_engine(llm, EngineConfig(max_preparing=3, rate_limit_messages=0)) as engine:
+        recall = engine.recall = CountingRecall(engine.recall)
+        texts = [f"burst message {i}" for i in range(len(people))]
+        replies = [
+            asyncio.create_task(
+                engine.handle(in_channel(text, uid, name, f"1300000000000000{i:02d}")).collect()
+            )
+            for i, ((uid, name), text) in enumerate(zip(people, texts, strict=True))
+        ]
+        # every message reaches the LLM and all generate at once; context was never gathered
+        # for more than three at a time
+        await until(lambda: llm.running == len(texts))
+        assert 1 <= recall.most_running <= 3
+        for text in texts:
+            llm.gate(text).set()
+        assert [(await r).content for r in replies] == [f"answer to {t}" for t in texts]
+        stored = await engine.store.recent_messages(in_channel("", "", "", "").conversation_key, 20)
+        assert [m.content for m in stored if m.role == "user"] == texts  # in arrival order
