@@ -6,7 +6,8 @@
             → persist the user's message (before the LLM is called: nothing is lost)
             → context: recent turns (cache, else the store), the user's relevant memories,
               profile, persona, emotion — gathered concurrently (see "Concurrency" below)
-            → prompt within the token budget → LLM, streamed to the caller
+            → prompt within the token budget (``engine/prompt.py``) → LLM, streamed to the
+              caller until the reply ends (``engine/reply_cut.py``: stop sequences, length caps)
             → after the reply: the reply joins the recent turns at once; storing it and
               writing memories happen in the background (``MemoryWriter``)
 
