@@ -610,6 +610,7 @@ def llm_settings(llm_base_url: str, data_dir: Path) -> dict[str, Any]:
         "openai_base_url": llm_base_url,
         "openai_api_key": "test",
         "llm_max_retries": 0,
+        "llm_max_tokens": 2048,  # room for the tests' 5000-character replies (about 1,200 tokens)
         "data_dir": data_dir,
         "web_enabled": False,
     }

@@ -83,4 +83,4 @@ def test_locomo_benchmark_finds_the_evidence_and_writes_its_json(
     assert overall["any@5"] == 1.0  # rare words shared with the evidence turns: Zeppelin, ramen (caption)
     assert set(result["by_category"]) == {"1-single-hop", "2-temporal", "3-open-domain", "4-multi-hop"}
     assert result["by_category"]["1-single-hop"]["any@5"] == 1.0
-    assert "LoCoMo recall (hybrid)" in capsys.readouterr().out
+    assert "LoCoMo recall (hybrid, sqlite)" in capsys.readouterr().out

@@ -130,7 +130,7 @@ async def test_discord_check_in_is_a_dm_at_the_local_time_drawing_on_a_memory(wo
     world.clock.now = berlin(2026, 3, 28, 8, 0, 5)
     await discord.wait_for(lambda: [m for m in discord.bot_messages(dm) if m["content"] == CHECKIN])
     [prompt] = world.checkin_prompts()
-    assert "Lisbon half marathon" in prompt[0]["content"]  # the memory made earlier reached the LLM
+    assert "Lisbon half marathon" in prompt[-2]["content"]  # the memory made earlier, in the context message
     assert "Saturday morning, 08:00" in prompt[-1]["content"]
     await stored_last(world, f"discord:{dm}", CHECKIN)
     assert not discord.bot_messages(general)  # a DM, not the channel the command came from
@@ -185,7 +185,7 @@ async def test_telegram_check_in_is_a_private_message_drawing_on_a_memory(world:
     await tg.wait_for(lambda: len(tg.bot_texts(chat)) == 4)
     assert tg.bot_texts(chat)[3] == CHECKIN
     prompt = world.checkin_prompts()[before]
-    assert "thesis defense" in prompt[0]["content"]
+    assert "thesis defense" in prompt[-2]["content"]  # the context message
     assert "Wednesday evening, 21:30" in prompt[-1]["content"]
     await stored_last(world, f"telegram:{chat['id']}", CHECKIN)
 

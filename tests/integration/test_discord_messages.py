@@ -274,9 +274,9 @@ async def test_thread_is_its_own_conversation(world: World) -> None:
     assert reply["channel_id"] == thread
 
     [prompt] = world.prompts_containing("what colour did I say?")
-    # the thread's own history (between the system prompt, which may recall long-term
-    # memories of the user, and the new message) holds nothing of the channel's
-    assert not any("BLUE" in m["content"] for m in prompt[1:-1])
+    # the thread's own history (between the persona and the context message, which may recall
+    # long-term memories of the user) holds nothing of the channel's
+    assert not any("BLUE" in m["content"] for m in prompt[1:-2])
     await app.engine.writer.drain()
     stored = await app.store.recent_messages(f"discord:{channel}:{thread}", 10)
     assert [m.content for m in stored] == ["what colour did I say?", DEFAULT_REPLY]

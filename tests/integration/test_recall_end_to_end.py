@@ -66,8 +66,8 @@ def chats(llm: FakeLLMServer) -> list[RecordedRequest]:
 
 
 def memories_in_prompt(request: RecordedRequest) -> list[str]:
-    """The memories the engine put in the system message of a reply's prompt, in order."""
-    system: str = request.messages[0]["content"]
+    """The memories the engine put in a reply's prompt (its context message), in order."""
+    system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
     _, _, block = system.partition("Things you remember about them")
     return _MEMORY_LINE.findall(block)
 
