@@ -610,7 +610,9 @@ def llm_settings(llm_base_url: str, data_dir: Path) -> dict[str, Any]:
         "openai_base_url": llm_base_url,
         "openai_api_key": "test",
         "llm_max_retries": 0,
-        "llm_max_tokens": 2048,  # room for the tests' 5000-character replies (about 1,200 tokens)
+        # Room for the tests' 5000-character replies (about 1,250 tokens) and for their history.
+        "llm_max_tokens": 2048,
+        "context_token_budget": 8192,
         "data_dir": data_dir,
         "web_enabled": False,
     }

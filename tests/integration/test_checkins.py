@@ -113,8 +113,11 @@ async def test_discord_check_in_is_a_dm_at_the_local_time_drawing_on_a_memory(wo
     await discord.dispatch("GUILD_CREATE", discord._guild_payload(guild), guild_id=guild.id)
     dm = discord.dm_channel(ana)
 
-    told = await discord.send_message(dm, ana, "I'm training for the Lisbon half marathon in October")
-    await discord.wait_for(lambda: [m for m in discord.bot_messages(dm) if m["content"] == REPLY])
+    # Said in a server channel: the check-in's private chat has no turns, only the memory.
+    told = await discord.send_message(
+        general, ana, "I'm training for the Lisbon half marathon in October", mention_bot=True
+    )
+    await discord.wait_for(lambda: [m for m in discord.bot_messages(general) if m["content"] == REPLY])
     await world.app.engine.writer.drain()
     assert told["id"]
 
@@ -130,10 +133,10 @@ async def test_discord_check_in_is_a_dm_at_the_local_time_drawing_on_a_memory(wo
     world.clock.now = berlin(2026, 3, 28, 8, 0, 5)
     await discord.wait_for(lambda: [m for m in discord.bot_messages(dm) if m["content"] == CHECKIN])
     [prompt] = world.checkin_prompts()
-    assert "Lisbon half marathon" in prompt[-2]["content"]  # the memory made earlier, in the context message
+    assert "Lisbon half marathon" in prompt[-2]["content"]  # the memory, in the context message
     assert "Saturday morning, 08:00" in prompt[-1]["content"]
     await stored_last(world, f"discord:{dm}", CHECKIN)
-    assert not discord.bot_messages(general)  # a DM, not the channel the command came from
+    assert [m["content"] for m in discord.bot_messages(general)] == [REPLY]  # the check-in: a DM, not here
 
     # Europe/Berlin springs forward that night: the next one is 08:00 CEST, 23 hours later.
     shown = await discord_command(world, "show", user=ana, channel=general)
@@ -185,7 +188,9 @@ async def test_telegram_check_in_is_a_private_message_drawing_on_a_memory(world:
     await tg.wait_for(lambda: len(tg.bot_texts(chat)) == 4)
     assert tg.bot_texts(chat)[3] == CHECKIN
     prompt = world.checkin_prompts()[before]
-    assert "thesis defense" in prompt[-2]["content"]  # the context message
+    # What Kim said earlier in this chat reaches the LLM once: as the turn, which the memory
+    # made of it does not repeat.
+    assert [m["role"] for m in prompt if "thesis defense" in m["content"]] == ["user"]
     assert "Wednesday evening, 21:30" in prompt[-1]["content"]
     await stored_last(world, f"telegram:{chat['id']}", CHECKIN)
 
