@@ -151,24 +151,37 @@ def sentences(text: str) -> int:
 
 
 async def test_the_reply_ends_before_the_model_writes_the_users_next_line(smollm: LlamaCppChat) -> None:
-    prompt = [
-        ChatMessage(
-            "system", "You are Ember, a friendly AI companion. Reply in one to three short sentences."
-        ),
-        ChatMessage("system", "You are talking with Ann."),
-        ChatMessage(
-            "user", "Write a short dialogue between Ann and you, one line each, as 'Ann:' and 'Ember:'."
-        ),
+    # Two ways of asking for a dialogue: what a 135M model writes varies a little with the CPU
+    # llama.cpp was built for, so the test asks both and needs Ann's line in at least one.
+    asks = [
+        "Write a short dialogue between Ann and you, one line each, as 'Ann:' and 'Ember:'. "
+        "Start with 'Ember:'.",
+        "Write a dialogue of six short lines between Ember and Ann.\nEmber: Hi Ann!\nAnn: Hi!",
     ]
-    cutter = ReplyCutter(stop=stop_sequences("Ann", []))
-    raw, shown = [], []
-    async for chunk in smollm.stream(prompt, max_tokens=120, temperature=0.0):
-        raw.append(chunk)
-        shown.append(cutter.feed(chunk))
-    shown.append(cutter.end())
-    text = "".join(raw)
-    assert "\nAnn:" in text  # left to itself, the model writes Ann's next line...
-    assert cutter.done and "".join(shown) == text[: text.index("\nAnn:")]  # ...the reply ends before it
+    wrote_ann = 0
+    for ask in asks:
+        prompt = [
+            ChatMessage(
+                "system", "You are Ember, a friendly AI companion. Reply in one to three short sentences."
+            ),
+            ChatMessage("system", "You are talking with Ann."),
+            ChatMessage("user", ask),
+        ]
+        cutter = ReplyCutter(stop=stop_sequences("Ann", []))
+        raw, shown = [], []
+        async for chunk in smollm.stream(prompt, max_tokens=120, temperature=0.0):
+            raw.append(chunk)
+            shown.append(cutter.feed(chunk))
+        shown.append(cutter.end())
+        text = "".join(raw)
+        if "\nAnn:" in text:  # left to itself, the model writes Ann's next line...
+            wrote_ann += 1
+            assert (
+                cutter.done and "".join(shown) == text[: text.index("\nAnn:")]
+            )  # ...the reply ends before it
+        else:
+            assert "".join(shown) == text
+    assert wrote_ann
 
 
 async def test_a_usual_reply_is_capped_at_its_sentences_and_ends_on_a_whole_one(
