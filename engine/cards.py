@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import zlib
 from collections.abc import Mapping
@@ -132,6 +133,14 @@ def read_card(data: bytes, *, filename: str = "card") -> Card:
         card = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"the card in {filename} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"the card in {filename} is nested too deeply") from None
+    try:  # JSON can escape what UTF-8 cannot hold (lone surrogates): no file could keep it
+        json.dumps(card, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"the card in {filename} has text that is not valid Unicode") from None
+    except RecursionError:
+        raise InputError(f"the card in {filename} is nested too deeply") from None
     return card_from_json(card, filename=filename)
 
 
@@ -420,12 +429,9 @@ def _lorebook(book: Any, filename: str, notes: list[str]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise InputError(f"{where}: {key!r} must be true or false")
             flags[key] = value
-        numbers = {}
-        for key in ("insertion_order", "priority"):
-            value = entry.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise InputError(f"{where}: {key!r} must be a number")
-            numbers[key] = int(value or 0)
+        numbers = {
+            key: _whole(entry.get(key), f"{where}: {key!r}") or 0 for key in ("insertion_order", "priority")
+        }
         if entry.get("use_regex") is True:
             regex += 1
             continue
@@ -445,12 +451,21 @@ def _lorebook(book: Any, filename: str, notes: list[str]) -> dict[str, Any]:
         )
     lorebook: dict[str, Any] = {"entries": kept}
     for key in ("scan_depth", "token_budget"):
-        value = book.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InputError(f"the card in {filename}: character_book {key!r} must be a number")
+        value = _whole(book.get(key), f"the card in {filename}: character_book {key!r}")
         if value is not None:
-            lorebook[key] = int(value)
+            lorebook[key] = value
     return lorebook
+
+
+def _whole(value: Any, what: str) -> int | None:
+    """A number of the card as a whole number (JSON allows 1e400: infinite)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{what} must be a number")
+    if abs(value) > 2**31:
+        raise InputError(f"{what} is out of range")
+    return int(value)
 
 
 def _entry_strings(entry: Mapping[str, Any], key: str, where: str) -> list[str]:

@@ -164,6 +164,18 @@ def _oversized_png_chunk() -> bytes:
         (json_bytes(v2_card(name="!!!")), "no letters or digits"),
         (json_bytes(v2_card(name=["Seraphina"])), "'name' must be text"),
         (json_bytes(v2_card(description={"text": "x"})), "'description' must be text"),
+        (json_bytes(v2_card(personality="a lone \ud800 surrogate")), "not valid Unicode"),
+        (b'{"name": "Deep", "extensions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (
+            json_bytes(
+                v2_card(character_book={"entries": [{"keys": ["a"], "content": "x", "priority": 1e400}]})
+            ),
+            "'priority' must be a number",
+        ),
+        (
+            json_bytes(v2_card(character_book={"entries": [], "token_budget": float("nan")})),
+            "'token_budget' must be a number",
+        ),
         (json_bytes(v2_card(tags="fantasy")), "'tags' must be a list of texts"),
         (json_bytes(v2_card(character_book={"entries": "none"})), "needs a list of 'entries'"),
         (
