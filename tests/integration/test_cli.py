@@ -290,6 +290,14 @@ def test_the_cli_imports_a_card_and_refuses_a_bad_one(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
     missing = run_cli(["persona", "import", str(tmp_path / "nope.png")], env)
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as handle:  # sparse: 9 MiB that take no room
+        handle.truncate(9 * 1024 * 1024)
+    oversized = run_cli(["persona", "import", str(huge)], env)
+    assert oversized.returncode == 1
+    assert oversized.stderr.strip() == (
+        "whisperengine: huge.png is too large for a character card (9.0 MiB; the limit is 8.0 MiB)"
+    )
     assert written.read_bytes() == before
     assert sorted(p.name for p in written.parent.iterdir()) == ["seraphina.yaml"]
 
