@@ -138,6 +138,7 @@ def persona_command(settings: Settings, action: str, file: Path | None, replace:
     makes it available at once)."""
     from engine.cards import MAX_CARD_FILE_BYTES, check_card_size, read_card
     from engine.persona import PersonaLibrary
+    from engine.prompt import PromptBudget
 
     library = PersonaLibrary.from_dirs(settings.persona_dirs, default=settings.default_persona)
     if action == "list":
@@ -157,7 +158,8 @@ def persona_command(settings: Settings, action: str, file: Path | None, replace:
         raise InputError(f"cannot read {file}: {exc.strerror or exc}") from None
     card = read_card(data, filename=file.name)
     _, path = library.install(card.document, replace=replace)
-    print(f"{card.summary()}\nwritten to {path}")
+    budget = PromptBudget(total_tokens=settings.context_token_budget, reply_tokens=settings.llm_max_tokens)
+    print(f"{card.summary(budget)}\nwritten to {path}")
     return 0
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from engine.errors import ConfigError, InputError
 from engine.persona import Persona, fill_macros, parse_persona
+from engine.prompt import PromptBudget, build_prompt
 
 MAX_CARD_FILE_BYTES = 8 * 1024 * 1024
 """Largest card file accepted (a PNG is mostly its image, which is never decoded)."""
@@ -78,8 +79,9 @@ class Card:
     """``chara_card_v1``, ``chara_card_v2`` or ``chara_card_v3``."""
     notes: tuple[str, ...] = field(default=())
 
-    def summary(self) -> str:
-        """What the import made of the card, in a few lines."""
+    def summary(self, budget: PromptBudget | None = None) -> str:
+        """What the import made of the card, in a few lines; with the prompt ``budget``, a note
+        when the persona alone takes most of it."""
         persona = self.persona
         parts = [
             label
@@ -103,6 +105,21 @@ class Card:
             f"with: {', '.join(parts) or 'a name only'}",
             *(f"note: {note}" for note in self.notes),
         ]
+        if budget is not None:
+            fixed = build_prompt(
+                persona=persona,
+                user_message="",
+                user_name="",
+                turns=[],
+                memories=[],
+                profile=None,
+                budget=budget,
+            ).tokens
+            if fixed > budget.input_tokens // 2:
+                lines.append(
+                    f"note: the persona alone is about {fixed} tokens of the prompt's {budget.input_tokens}: "
+                    "little room is left for the conversation (a larger CONTEXT_TOKEN_BUDGET gives more)"
+                )
         return "\n".join(lines)
 
 

@@ -179,7 +179,8 @@ class PersonaCommands(app_commands.Group):
     async def import_persona(
         self, interaction: discord.Interaction, card: discord.Attachment, replace: bool = False
     ) -> None:
-        library = command_host(interaction).engine.personas.library
+        engine = command_host(interaction).engine
+        library = engine.personas.library
         check_card_size(card.size, card.filename)  # before downloading it
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
@@ -188,8 +189,10 @@ class PersonaCommands(app_commands.Group):
             raise InputError(f"could not download {card.filename}: {exc}") from None
         imported = read_card(data, filename=card.filename)
         persona, _ = library.install(imported.document, replace=replace)
+        name = persona.name
         await interaction.followup.send(
-            _clip(f"{imported.summary()}\nChoose it with `/persona set name:{persona.name}`."), ephemeral=True
+            _clip(f"{imported.summary(engine.config.budget)}\nChoose it with `/persona set name:{name}`."),
+            ephemeral=True,
         )
 
     @set_persona.autocomplete("name")

@@ -352,3 +352,15 @@ def test_a_yaml_persona_without_card_fields_builds_the_same_prompt_as_before() -
 def test_the_card_document_is_plain_yaml_data(tmp_path: Path) -> None:
     card = read_card(json_bytes(v3_card()), filename="sera.json")
     json.dumps(card.document)  # nothing but JSON-able values: it is written as YAML
+
+
+def test_the_summary_says_when_the_persona_alone_fills_most_of_the_prompt() -> None:
+    budget = PromptBudget(total_tokens=2048, reply_tokens=256)
+    assert "note: the persona alone" not in read_card(png_v2(), filename="s.png").summary(budget)
+    wordy = read_card(json_bytes(v2_card(description="She remembers every tree. " * 200)), filename="w.json")
+    note = wordy.summary(budget).splitlines()[-1]
+    assert note.startswith("note: the persona alone is about ")
+    assert note.endswith(
+        "tokens of the prompt's 1792: little room is left for the conversation "
+        "(a larger CONTEXT_TOKEN_BUDGET gives more)"
+    )
