@@ -1,4 +1,4 @@
-"""The ``whisperengine`` command: run, chat, doctor, secret, backup, restore, migrate.
+"""The ``whisperengine`` command: run, chat, doctor, persona, secret, backup, restore, migrate.
 
 Start-up problems (a missing setting, an unreachable service) end the process with one
 line on stderr naming what to fix, and exit status 2 — never a traceback.
@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from pydantic import ValidationError
@@ -20,12 +21,13 @@ from pydantic import ValidationError
 from bot.app import App, build_app, start_platforms
 from bot.logs import configure_logging
 from config.settings import Settings
-from engine.errors import BackendUnavailable, ConfigError
+from engine.errors import BackendUnavailable, ConfigError, InputError
 from engine.health import overall
 
 logger = logging.getLogger("whisperengine")
 
 EXIT_CONFIG = 2
+EXIT_INPUT = 1
 _PORTABILITY = ("backup", "restore", "migrate")
 
 
@@ -130,6 +132,37 @@ async def doctor(settings: Settings) -> int:
         return 0 if all(h.status != "down" for h in health.values()) else 1
 
 
+def persona_command(settings: Settings, action: str, file: Path | None, replace: bool) -> int:
+    """``persona list``, and ``persona import FILE``: a character card (PNG or JSON) written to the
+    persona directory. A running bot reads it at its next start (``/persona import`` on Discord
+    makes it available at once)."""
+    from engine.cards import MAX_CARD_FILE_BYTES, check_card_size, read_card
+    from engine.persona import PersonaLibrary
+    from engine.prompt import PromptBudget
+
+    library = PersonaLibrary.from_dirs(settings.persona_dirs, default=settings.default_persona)
+    if action == "list":
+        for name in library.names():
+            persona = library.get(name)
+            default = " (default)" if name == library.default.name else ""
+            description = f" — {persona.description}" if persona and persona.description else ""
+            print(f"{name}{default}{description}")
+        return 0
+    if file is None:
+        raise InputError("persona import needs the card file: whisperengine persona import FILE")
+    try:
+        check_card_size(file.stat().st_size, file.name)  # before reading it
+        with file.open("rb") as handle:
+            data = handle.read(MAX_CARD_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {file}: {exc.strerror or exc}") from None
+    card = read_card(data, filename=file.name)
+    _, path = library.install(card.document, replace=replace)
+    budget = PromptBudget(total_tokens=settings.context_token_budget, reply_tokens=settings.llm_max_tokens)
+    print(f"{card.summary(budget)}\nwritten to {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="whisperengine", description="A self-hosted AI companion bot.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser(
         "worker", help="do the background memory work that bots with MEMORY_WORKER=external queue in Redis"
     )
+    persona_parser = sub.add_parser("persona", help="list personas, or import a character card as one")
+    persona_actions = persona_parser.add_subparsers(dest="action", required=True)
+    persona_actions.add_parser("list", help="the personas this bot knows")
+    import_parser = persona_actions.add_parser(
+        "import", help="import a character card (V1/V2/V3, PNG or JSON) into the persona directory"
+    )
+    import_parser.add_argument("file", type=Path, help="the card: a PNG with the card inside, or a JSON file")
+    import_parser.add_argument("--replace", action="store_true", help="overwrite a persona of the same name")
     secret_parser = sub.add_parser("secret", help="store secrets encrypted with ENCRYPTION_KEY")
     secret_parser.add_argument("action", choices=["set", "delete", "list", "new-key"])
     secret_parser.add_argument("name", nargs="?", help="the secret's variable name, e.g. OPENAI_API_KEY")
@@ -151,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _load_settings()
         quiet = (
-            args.command in ("chat", "doctor", "secret", *_PORTABILITY)
+            args.command in ("chat", "doctor", "persona", "secret", *_PORTABILITY)
             and settings.log_level.upper() == "INFO"
         )
         configure_logging("WARNING" if quiet else settings.log_level, settings.secrets(), settings.log_format)
@@ -164,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(doctor(settings))
             case "worker":
                 return asyncio.run(worker(settings))
+            case "persona":
+                return persona_command(
+                    settings, args.action, getattr(args, "file", None), getattr(args, "replace", False)
+                )
             case "secret":
                 from bot.secret_command import secret_command
 
@@ -175,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, BackendUnavailable) as exc:
         print(f"whisperengine: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except InputError as exc:
+        print(f"whisperengine: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
     parser.error(f"unknown command {args.command}")

@@ -17,6 +17,27 @@ A persona file looks like::
       - user: I had a rough day.
         assistant: I'm sorry. Want to tell me what happened?
 
+Personas imported from character cards (``engine/cards.py``) also use these optional keys::
+
+    display_name: Seraphina          # how the persona is named in its texts ({{char}}); default: name
+    character: ...                   # who the character is (the card's description)
+    personality: ...
+    scenario: ...
+    first_message: ...               # the persona's opening line: the first turn of every prompt
+    example_dialogue: ...            # example chat as written (when not given as ``examples``)
+    post_history_instructions: ...   # said after the conversation, in the context message
+    lorebook:                        # see engine/lorebook.py
+      scan_depth: 4
+      token_budget: 500
+      entries:
+        - keys: [Eldoria]
+          content: Eldoria is a forest kingdom.
+          # optional: secondary_keys, selective, constant, enabled, case_sensitive,
+          # insertion_order, priority, name
+
+In every text, ``{{char}}`` stands for the persona's display name and ``{{user}}`` for the name
+of the person it is talking with (filled in when the prompt is built).
+
 The active persona of a message is the one set for its channel, else for its guild,
 else the default; choices are stored as settings in the conversation store.
 """
@@ -24,6 +45,7 @@ else the default; choices are stored as settings in the conversation store.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,14 +54,25 @@ from typing import Any
 
 import yaml
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, InputError
 from engine.events import UniversalMessage
+from engine.lorebook import Lorebook, LoreEntry
 from engine.memo import SettingsMemo
 from engine.ports import ConversationStore
 
 logger = logging.getLogger(__name__)
 
 PERSONA_SETTING = "persona"
+
+
+_MACRO = re.compile(r"\{\{\s*(char|user)\s*\}\}", re.IGNORECASE)
+
+
+def fill_macros(text: str, *, char: str, user: str) -> str:
+    """``{{char}}`` and ``{{user}}`` (any case) replaced by the persona's and the user's name."""
+    if "{{" not in text:
+        return text
+    return _MACRO.sub(lambda m: char if m.group(1).lower() == "char" else user, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +87,34 @@ class Persona:
     """Also speak each reply (in ``voice``) where the platform carries voice messages."""
     short_prompt: str = ""
     """The persona in a sentence or two, for a small model; empty: the system prompt's first sentence."""
+    display_name: str = ""
+    """How the persona is named in its texts (``{{char}}``); empty: ``name``."""
+    character: str = ""
+    """Who the character is, at length (a character card's description)."""
+    personality: str = ""
+    scenario: str = ""
+    example_dialogue: str = ""
+    """Example chat as written (``{{user}}: ...`` / ``{{char}}: ...`` lines)."""
+    first_message: str = ""
+    """The persona's opening line: the first turn of every prompt, after the persona."""
+    post_history_instructions: str = ""
+    """Said after the conversation's turns, in the context message."""
+    lorebook: Lorebook | None = None
+
+    @property
+    def speaker(self) -> str:
+        """The name ``{{char}}`` stands for."""
+        return self.display_name.strip() or self.name
 
     def system_text(self) -> str:
         """The persona's part of the system prompt: always sent, never trimmed."""
         parts = [self.system_prompt.strip()]
+        if self.character.strip():
+            parts.append(self.character.strip())
+        if self.personality.strip():
+            parts.append(f"{self.speaker}'s personality: {self.personality.strip()}")
+        if self.scenario.strip():
+            parts.append(f"Scenario: {self.scenario.strip()}")
         if self.style:
             parts.append(f"Style: {self.style.strip()}")
         if self.examples:
@@ -65,6 +122,8 @@ class Persona:
             for user, assistant in self.examples:
                 lines.append(f"User: {user}\nYou: {assistant}")
             parts.append("\n".join(lines))
+        if self.example_dialogue.strip():
+            parts.append(f"Example dialogue:\n{self.example_dialogue.strip()}")
         return "\n\n".join(parts)
 
     def compact_text(self) -> str:
@@ -77,6 +136,75 @@ class Persona:
 
 
 _FIRST_SENTENCE = re.compile(r".+?[.!?](?=\s|$)")
+
+
+def _text(data: Mapping[str, Any], key: str, source: str) -> str:
+    value = data.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"persona file {source}: {key!r} must be text")
+    return str(value)
+
+
+def _keys(value: Any, field: str, source: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"persona file {source}: lorebook {field!r} must be a list of words")
+    return tuple(k for k in value if k.strip())
+
+
+def _flag(entry: Mapping[str, Any], key: str, default: bool, source: str) -> bool:
+    value = entry.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"persona file {source}: lorebook {key!r} must be true or false, not {value!r}")
+    return value
+
+
+def _number(entry: Mapping[str, Any], key: str, source: str) -> int | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"persona file {source}: lorebook {key!r} must be a number, not {value!r}")
+    return int(value)
+
+
+def parse_lorebook(data: Any, *, source: str) -> Lorebook | None:
+    """The ``lorebook`` mapping of a persona file (see the module docstring)."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping) or not isinstance(data.get("entries") or [], list):
+        raise ConfigError(f"persona file {source}: 'lorebook' needs a list of 'entries'")
+    entries = []
+    for item in data.get("entries") or []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("content"), str):
+            raise ConfigError(f"persona file {source}: each lorebook entry needs a 'content' text")
+        entries.append(
+            LoreEntry(
+                keys=_keys(item.get("keys"), "keys", source),
+                content=item["content"],
+                secondary_keys=_keys(item.get("secondary_keys"), "secondary_keys", source),
+                selective=_flag(item, "selective", False, source),
+                constant=_flag(item, "constant", False, source),
+                enabled=_flag(item, "enabled", True, source),
+                case_sensitive=_flag(item, "case_sensitive", False, source),
+                insertion_order=_number(item, "insertion_order", source) or 0,
+                priority=_number(item, "priority", source) or 0,
+                name=str(item.get("name") or ""),
+            )
+        )
+    scan_depth, token_budget = _number(data, "scan_depth", source), _number(data, "token_budget", source)
+    return Lorebook(
+        entries=tuple(entries),
+        scan_depth=max(scan_depth, 0) if scan_depth is not None else None,
+        token_budget=token_budget if token_budget and token_budget > 0 else None,
+    )
 
 
 def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
@@ -104,12 +232,20 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
     return Persona(
         name=name.strip().lower(),
         system_prompt=prompt,
-        description=str(data.get("description") or ""),
-        style=str(data.get("style") or ""),
+        description=_text(data, "description", source),
+        style=_text(data, "style", source),
         voice=str(voice) if voice else None,
         examples=tuple(examples),
         voice_replies=voice_replies,
-        short_prompt=str(data.get("short_prompt") or ""),
+        short_prompt=_text(data, "short_prompt", source),
+        display_name=_text(data, "display_name", source),
+        character=_text(data, "character", source),
+        personality=_text(data, "personality", source),
+        scenario=_text(data, "scenario", source),
+        example_dialogue=_text(data, "example_dialogue", source),
+        first_message=_text(data, "first_message", source),
+        post_history_instructions=_text(data, "post_history_instructions", source),
+        lorebook=parse_lorebook(data.get("lorebook"), source=source),
     )
 
 
@@ -122,9 +258,13 @@ def load_persona_file(path: Path) -> Persona:
 
 
 class PersonaLibrary:
-    """The personas known to this process, by name."""
+    """The personas known to this process, by name.
 
-    def __init__(self, personas: Iterable[Persona], *, default: str) -> None:
+    ``import_dir``: where :meth:`install` writes new persona files (the user's persona
+    directory, the last one read by :meth:`from_dirs`); None: installing is refused.
+    """
+
+    def __init__(self, personas: Iterable[Persona], *, default: str, import_dir: Path | None = None) -> None:
         self._by_name = {p.name: p for p in personas}
         if default not in self._by_name:
             raise ConfigError(
@@ -132,19 +272,21 @@ class PersonaLibrary:
                 variable="DEFAULT_PERSONA",
             )
         self.default = self._by_name[default]
+        self.import_dir = import_dir
 
     @classmethod
     def from_dirs(cls, dirs: Iterable[Path], *, default: str) -> PersonaLibrary:
         """Load every ``*.yaml`` of each directory; a later directory overrides an earlier one."""
         found: dict[str, Persona] = {}
-        for directory in dirs:
+        directories = list(dirs)
+        for directory in directories:
             if not directory.is_dir():
                 continue
             for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
                 persona = load_persona_file(path)
                 found[persona.name] = persona
                 logger.debug("loaded persona %s from %s", persona.name, path)
-        return cls(found.values(), default=default)
+        return cls(found.values(), default=default, import_dir=directories[-1] if directories else None)
 
     def get(self, name: str) -> Persona | None:
         return self._by_name.get(name.strip().lower())
@@ -154,6 +296,62 @@ class PersonaLibrary:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def install(self, document: Mapping[str, Any], *, replace: bool = False) -> tuple[Persona, Path]:
+        """Write a persona document to ``import_dir`` as ``NAME.yaml`` and add it to the library.
+
+        Refused (InputError, nothing written) when a persona of that name exists and ``replace``
+        is false, or when the document is not a valid persona. The file is written whole or not
+        at all (a temporary file, then renamed)."""
+        if self.import_dir is None:
+            raise ConfigError("this bot has no persona directory to import into", variable="PERSONA_DIR")
+        try:
+            persona = parse_persona(document, source="(imported)")
+        except ConfigError as exc:
+            raise InputError(str(exc)) from exc
+        if not _SAFE_NAME.fullmatch(persona.name):
+            raise InputError(f"{persona.name!r} cannot be a persona name (letters, digits, - and _ only)")
+        path = self.import_dir / f"{persona.name}.yaml"
+        others = [self.import_dir / f"{persona.name}.yml"]
+        if not replace and (persona.name in self._by_name or path.exists() or others[0].exists()):
+            raise InputError(
+                f"a persona named {persona.name!r} already exists; import it with replace to overwrite it"
+            )
+        text = _persona_yaml(document, persona)
+        temporary = self.import_dir / f".{persona.name}.yaml.tmp"
+        try:
+            self.import_dir.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(text)
+            temporary.replace(path)
+            for other in others:  # a .yml of the same name would be read after it and win
+                other.unlink(missing_ok=True)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write persona file {path}: {exc}", variable="PERSONA_DIR") from exc
+        self._by_name[persona.name] = persona
+        if persona.name == self.default.name:
+            self.default = persona
+        logger.info("installed persona %s in %s", persona.name, path)
+        return persona, path
+
+
+_SAFE_NAME = re.compile(r"[\w-]{1,64}")
+# libyaml when PyYAML has it: a large imported card takes a tenth of the time
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _persona_yaml(document: Mapping[str, Any], persona: Persona) -> bytes:
+    """The persona file of ``document``, checked to read back as ``persona``."""
+    try:
+        text = yaml.dump(dict(document), Dumper=_DUMPER, allow_unicode=True, sort_keys=False, width=100)
+        encoded = text.encode("utf-8")
+        again = parse_persona(yaml.load(encoded, Loader=_LOADER), source="(imported)")
+    except (yaml.YAMLError, UnicodeError, ConfigError, RecursionError) as exc:
+        raise InputError(f"persona {persona.name!r} cannot be stored as a persona file: {exc}") from None
+    if again != persona:
+        raise InputError(f"persona {persona.name!r} does not read back the same from a persona file")
+    return encoded
 
 
 def channel_scope(platform: str, channel_id: str) -> str:

@@ -3,11 +3,17 @@
 Layout, oldest first::
 
     system   the persona                          the same for every message it answers
-    turns    (compact: the persona's example exchanges, as turns)
+    turns    the persona's first message, if any (compact: then its example exchanges)
     turns    the conversation's recent turns       the same as in the previous message's prompt
     system   this message's context                who is talking, what the bot remembers about
                                                    them, how they sound, turns left out
     user     the message
+
+The context message also holds the persona's lorebook entries whose keys appear in the message
+or the last turns (``engine/lorebook.py``), within their share of the budget, and, last, the
+persona's post-history instructions. ``{{char}}`` and ``{{user}}`` in the persona's texts are
+filled in with its display name and the user's name (in a group chat, the persona's part then
+changes with the speaker).
 
 Everything that changes from one message to the next is in the context message, after the
 turns: the start of the prompt (persona and earlier turns) is the start of the previous
@@ -42,8 +48,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine.events import ChatMessage, MemoryHit, Turn
+from engine.lorebook import LoreEntry
 from engine.memory import memory_text
-from engine.persona import Persona
+from engine.persona import Persona, fill_macros
 from engine.ports import UserProfile
 from engine.relationship import RelationshipProfile
 from engine.relationship import describe as describe_relationship
@@ -63,6 +70,8 @@ class PromptBudget:
     total_tokens: int = 2048
     reply_tokens: int = 256
     memory_share: float = 0.25
+    lore_share: float = 0.25
+    """Most of the room left after the persona and the message that lorebook entries may take."""
 
     @property
     def input_tokens(self) -> int:
@@ -89,6 +98,7 @@ _SHAPES: dict[PromptStyle, _Shape] = {
 
 COMPACT_LENGTH_RULE = "Reply in one to three short sentences, about what the user just said."
 LONG_REPLY_NOTE = "They asked for more: a longer answer is fine this time."
+LORE_HEADER = "What you know that matters here:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,8 @@ class Prompt:
     turns_included: int
     turns_dropped: int
     memories_included: tuple[MemoryHit, ...]
+    lore_included: tuple[LoreEntry, ...] = ()
+    """The lorebook entries in the context message, in their order there."""
     first_turn: Turn | None = None
     """The oldest turn shown: where the next message's history starts if it still fits."""
     stop: tuple[str, ...] = ()
@@ -264,13 +276,20 @@ def build_prompt(
     first; ``history_from``: the first turn shown in this conversation's previous prompt;
     ``long_reply``: the user asked for a longer answer than usual."""
     shape = _SHAPES[style]
+
+    def fill(text: str) -> str:
+        return fill_macros(text, char=persona.speaker, user=user_name)
+
     head: list[ChatMessage] = []
     if style == "compact":
-        head.append(ChatMessage("system", f"{persona.compact_text()} {COMPACT_LENGTH_RULE}"))
-        for said, answered in persona.examples[:2]:
-            head += [ChatMessage("user", said), ChatMessage("assistant", answered)]
+        head.append(ChatMessage("system", fill(f"{persona.compact_text()} {COMPACT_LENGTH_RULE}")))
     else:
-        head.append(ChatMessage("system", persona.system_text()))
+        head.append(ChatMessage("system", fill(persona.system_text())))
+    if persona.first_message.strip():
+        head.append(ChatMessage("assistant", fill(persona.first_message.strip())))
+    if style == "compact":
+        for said, answered in persona.examples[:2]:
+            head += [ChatMessage("user", fill(said)), ChatMessage("assistant", fill(answered))]
     remaining = budget.input_tokens - sum(estimate_tokens(m.content) + PER_MESSAGE_OVERHEAD for m in head)
 
     current = f"{user_name}: {user_message}" if group_chat else user_message
@@ -285,7 +304,18 @@ def build_prompt(
     context = [_user_section(profile, user_name, emotion, relationship, style=style)]
     if long_reply:
         context.append(LONG_REPLY_NOTE)
-    remaining -= sum(estimate_tokens(part) + 1 for part in context) + PER_MESSAGE_OVERHEAD
+    after = fill(persona.post_history_instructions.strip())  # the context message's last part
+    remaining -= sum(estimate_tokens(part) + 1 for part in [*context, after] if part) + PER_MESSAGE_OVERHEAD
+
+    # The lorebook's room is set aside whether or not entries come up (so that the turns get the
+    # same room from one message to the next); what they leave goes to the memories.
+    book = persona.lorebook
+    lore_room = 0
+    if book is not None and book.active and remaining > 0:
+        lore_room = int(remaining * budget.lore_share)
+        if book.token_budget is not None:
+            lore_room = min(lore_room, book.token_budget)
+        remaining -= lore_room
 
     latest_reply = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].role == "assistant"), None)
     texts: list[str] = []
@@ -305,6 +335,23 @@ def build_prompt(
     start = _history_start(turns, costs, max(remaining - memory_room, 0), shape.max_turns, history_from)
     history = [ChatMessage(turns[i].role, texts[i]) for i in range(start, len(turns))]
     remaining -= sum(costs[start:])
+
+    lore: list[LoreEntry] = []
+    if book is not None and lore_room > estimate_tokens(LORE_HEADER) + 1:
+        scanned = book.scanned_text(user_message, [t.content for t in turns])
+        lore = book.select(
+            scanned,
+            lore_room - estimate_tokens(LORE_HEADER) - 1,
+            lambda entry: estimate_tokens(fill(entry.content.strip())) + 1,
+        )
+    lore_used = 0
+    if lore:
+        block = LORE_HEADER + "\n" + "\n".join(fill(entry.content.strip()) for entry in lore)
+        context.append(block)
+        lore_used = estimate_tokens(block) + 1
+    remaining += lore_room - lore_used
+    if memories:
+        memory_room += lore_room - lore_used
 
     # A memory that is one of the turns shown would only say it twice.
     shown = {memory_text(t.user_name, t.content) for t in turns[start:] if t.role == "user"}
@@ -332,6 +379,8 @@ def build_prompt(
         remaining -= estimate_tokens(block) + 1
     if start and style == "full":
         context.append(_dropped_note(start))
+    if after:
+        context.append(after)
 
     messages = (
         *head,
@@ -345,6 +394,7 @@ def build_prompt(
         turns_included=len(history),
         turns_dropped=start,
         memories_included=tuple(included),
+        lore_included=tuple(lore),
         first_turn=turns[start] if start < len(turns) else None,
         stop=stop_sequences(user_name, turns),
     )

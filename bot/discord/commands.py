@@ -1,6 +1,7 @@
 """Slash commands.
 
     /persona set|show|list     the channel's (or server's) persona; set is for admins
+    /persona import card       a character card (PNG or JSON attachment) as a new persona (admins)
     /memory show|forget|export a user's own memories; forget asks for confirmation
     /privacy forget-me         erase everything held about the user (asks for confirmation)
     /link [code]               link the user's accounts on several platforms into one identity
@@ -23,6 +24,7 @@ from typing import Literal, TypeVar
 import discord
 from discord import app_commands
 
+from engine.cards import check_card_size, read_card
 from engine.errors import ConfigError, InputError, WhisperEngineError
 from engine.events import UniversalMessage
 from engine.identity import link_instructions, linked_message
@@ -167,6 +169,31 @@ class PersonaCommands(app_commands.Group):
         persona = await engine.personas.set(target, name)
         assert persona is not None
         await interaction.response.send_message(f"The persona for {where} is now **{persona.name}**.")
+
+    @app_commands.command(name="import", description="Import a character card (PNG or JSON) as a persona")
+    @app_commands.describe(
+        card="the character card: a PNG with the card inside, or a JSON file",
+        replace="overwrite a persona of the same name",
+    )
+    @admin_only()
+    async def import_persona(
+        self, interaction: discord.Interaction, card: discord.Attachment, replace: bool = False
+    ) -> None:
+        engine = command_host(interaction).engine
+        library = engine.personas.library
+        check_card_size(card.size, card.filename)  # before downloading it
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            data = await card.read()
+        except discord.HTTPException as exc:
+            raise InputError(f"could not download {card.filename}: {exc}") from None
+        imported = read_card(data, filename=card.filename)
+        persona, _ = library.install(imported.document, replace=replace)
+        name = persona.name
+        await interaction.followup.send(
+            _clip(f"{imported.summary(engine.config.budget)}\nChoose it with `/persona set name:{name}`."),
+            ephemeral=True,
+        )
 
     @set_persona.autocomplete("name")
     async def _persona_names(

@@ -42,7 +42,8 @@ Faults
 Records
     ``requests`` (every REST call, unless ``record=False``), ``messages`` (current state of
     every message by id, edits applied), ``edits`` (every successful edit, in order),
-    ``interaction_responses`` (callbacks and follow-ups per interaction id), ``typing``,
+    ``interaction_responses`` (callbacks and follow-ups per interaction id), ``downloads``
+    (attachments fetched), ``typing``,
     ``delivered`` (ids of the MESSAGE_CREATE events sent to each shard's connection, by
     ``(shard_id, shard_count)``), and for benchmarks ``dispatched_at`` / ``first_reply_at``
     (monotonic times by the id of the user's message, the reply found through its
@@ -148,6 +149,7 @@ class FakeDiscord(LocalServer):
         self.dm_channels: dict[str, Json] = {}
         self.messages: dict[str, Json] = {}
         self.attachments: dict[str, bytes] = {}
+        self.downloads: list[str] = []  # the key of each attachment downloaded, in order
         self.requests: list[RecordedCall] = []
         self.unknown: list[RecordedCall] = []
         self.edits: list[Json] = []
@@ -481,8 +483,13 @@ class FakeDiscord(LocalServer):
         raise KeyError(f"command /{name} was not registered (synced: {[c['name'] for c in commands]})")
 
     @staticmethod
-    def _options(schema: Json, path: Sequence[str], values: Mapping[str, Any]) -> list[Json]:
-        """Build the interaction's options from the registered schema, sub-commands included."""
+    def _options(
+        schema: Json, path: Sequence[str], values: Mapping[str, Any], resolved: Json | None = None
+    ) -> list[Json]:
+        """Build the interaction's options from the registered schema, sub-commands included.
+
+        An attachment option (type 11) takes a payload made by :meth:`attachment`: as in
+        Discord, the option's value is its id and the payload goes to ``resolved``."""
         options = schema.get("options") or []
         if path:
             for option in options:
@@ -491,7 +498,7 @@ class FakeDiscord(LocalServer):
                         {
                             "type": option["type"],
                             "name": option["name"],
-                            "options": FakeDiscord._options(option, path[1:], values),
+                            "options": FakeDiscord._options(option, path[1:], values, resolved),
                         }
                     ]
             raise KeyError(f"no sub-command {path[0]!r} in /{schema['name']}")
@@ -500,7 +507,11 @@ class FakeDiscord(LocalServer):
         for key, value in values.items():
             if key not in by_name:
                 raise KeyError(f"no option {key!r} in {schema['name']} (have {sorted(by_name)})")
-            built.append({"type": by_name[key]["type"], "name": key, "value": value})
+            given = value
+            if by_name[key]["type"] == 11 and resolved is not None:
+                resolved.setdefault("attachments", {})[value["id"]] = value
+                given = value["id"]
+            built.append({"type": by_name[key]["type"], "name": key, "value": given})
         return built
 
     def _interaction_base(
@@ -557,12 +568,14 @@ class FakeDiscord(LocalServer):
         """
         payload, guild = self._interaction_base(2, user, channel_id, permissions)
         schema = self._command_schema(command, guild.id if guild else None)
+        resolved: Json = {}
         payload["data"] = {
             "id": schema["id"],
             "name": command,
             "type": 1,
-            "options": self._options(schema, subcommand, options),
+            "options": self._options(schema, subcommand, options, resolved),
             **({"guild_id": schema["guild_id"]} if schema.get("guild_id") else {}),
+            **({"resolved": resolved} if resolved else {}),
         }
         self.interactions[payload["id"]] = payload
         self.interaction_responses[payload["id"]] = []
@@ -1099,6 +1112,7 @@ class FakeDiscord(LocalServer):
         return {k: v for k, v in message.items() if not k.startswith("_")}
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
+        self.downloads.append(request.match_info["key"])
         data = self.attachments.get(request.match_info["key"])
         if data is None:
             return web.Response(status=404)

@@ -27,7 +27,14 @@ from tests.fakes.telegram_server import FakeTelegram, running_telegram
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # The commands that change how the bot behaves for others: admins only.
-ADMIN_COMMANDS = {"persona set", "channel mode", "config show", "config thread-mode", "config rate-limit"}
+ADMIN_COMMANDS = {
+    "persona set",
+    "persona import",
+    "channel mode",
+    "config show",
+    "config thread-mode",
+    "config rate-limit",
+}
 
 
 def has_admin_check(command: app_commands.Command[..., ..., ...]) -> bool:

@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet
 
 from tests.conftest import require_redis
 from tests.fakes.bot_process import EXE, cli_environment, run_cli
+from tests.fakes.character_cards import png_v2
 from tests.fakes.llm_server import FakeLLMServer
 
 pytestmark = pytest.mark.slow
@@ -259,3 +260,46 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
         assert secret not in logs
     database = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("whisperengine.db*"))
     assert SECRET_KEY.encode() not in database and ENCRYPTION_KEY.encode() not in database
+
+
+def test_the_cli_imports_a_card_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    png = tmp_path / "Seraphina card.png"
+    png.write_bytes(png_v2())
+    result = run_cli(["persona", "import", str(png)], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Imported Seraphina as persona seraphina (character card V2)")
+    written = tmp_path / "data" / "personas" / "seraphina.yaml"
+    assert f"written to {written}" in result.stdout
+    listed = run_cli(["persona", "list"], env)
+    assert "seraphina — Seraphina is a gentle forest guardian with silver hair." in listed.stdout
+
+    before = written.read_bytes()
+    for bad, complaint in [
+        (json.dumps({"spec": "chara_card_v2", "data": {"name": 7}}), "'name' must be text"),
+        ("not a card", "is not a character card"),
+    ]:
+        path = tmp_path / "bad.json"
+        path.write_text(bad)
+        refused = run_cli(["persona", "import", str(path)], env)
+        assert refused.returncode == 1
+        [line] = refused.stderr.strip().splitlines()  # one line, no traceback
+        assert line.startswith("whisperengine: ")
+        assert complaint in refused.stderr and "Traceback" not in refused.stderr
+    again = run_cli(["persona", "import", str(png)], env)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    missing = run_cli(["persona", "import", str(tmp_path / "nope.png")], env)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as handle:  # sparse: 9 MiB that take no room
+        handle.truncate(9 * 1024 * 1024)
+    oversized = run_cli(["persona", "import", str(huge)], env)
+    assert oversized.returncode == 1
+    assert oversized.stderr.strip() == (
+        "whisperengine: huge.png is too large for a character card (9.0 MiB; the limit is 8.0 MiB)"
+    )
+    assert written.read_bytes() == before
+    assert sorted(p.name for p in written.parent.iterdir()) == ["seraphina.yaml"]
+
+    replaced = run_cli(["persona", "import", "--replace", str(png)], env)
+    assert replaced.returncode == 0, replaced.stderr
