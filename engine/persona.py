@@ -16,6 +16,8 @@ A persona file looks like::
     examples:                        # optional example exchanges
       - user: I had a rough day.
         assistant: I'm sorry. Want to tell me what happened?
+    tools: [clock.now, notes.*]      # optional: the MCP tools it may use (server.tool or
+                                     # server.*; see the README's "Tools over MCP"); default none
 
 The active persona of a message is the one set for its channel, else for its guild,
 else the default; choices are stored as settings in the conversation store.
@@ -54,6 +56,8 @@ class Persona:
     """Also speak each reply (in ``voice``) where the platform carries voice messages."""
     short_prompt: str = ""
     """The persona in a sentence or two, for a small model; empty: the system prompt's first sentence."""
+    tools: tuple[str, ...] = ()
+    """The tools it may use (allow-list: ``server.tool`` or ``server.*``); empty: none."""
 
     def system_text(self) -> str:
         """The persona's part of the system prompt: always sent, never trimmed."""
@@ -101,6 +105,9 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
         raise ConfigError(
             f"persona file {source}: 'voice_replies' must be true or false, not {voice_replies!r}"
         )
+    tools = data.get("tools") or []
+    if not isinstance(tools, list) or not all(isinstance(t, str) and t.strip() for t in tools):
+        raise ConfigError(f"persona file {source}: 'tools' must be a list of names like server.tool")
     return Persona(
         name=name.strip().lower(),
         system_prompt=prompt,
@@ -110,6 +117,7 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
         examples=tuple(examples),
         voice_replies=voice_replies,
         short_prompt=str(data.get("short_prompt") or ""),
+        tools=tuple(t.strip() for t in tools),
     )
 
 
