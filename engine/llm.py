@@ -289,13 +289,19 @@ class ResilientLLM:
         rounds: Sequence[ToolRound],
         max_tokens: int,
         temperature: float,
+        may_call: bool = True,
     ) -> LLMStream[str | ToolCall]:
         """The reply's text chunks and tool calls, offering ``tools`` (see "Tools" above)."""
 
         def with_tools(backend: LLM) -> AsyncIterator[str | ToolCall]:
             if isinstance(backend, ToolCallingLLM):
                 return backend.stream_with_tools(
-                    messages, tools=tools, rounds=rounds, max_tokens=max_tokens, temperature=temperature
+                    messages,
+                    tools=tools,
+                    rounds=rounds,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    may_call=may_call,
                 )
             return backend.stream(messages, max_tokens=max_tokens, temperature=temperature)
 

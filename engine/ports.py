@@ -220,6 +220,8 @@ class ToolCallingLLM(Protocol):
     ``stream_with_tools`` streams the reply's text, and yields a :class:`ToolCall` for each
     tool the model asks for (all of them once the stream has ended: the caller runs them
     after it). ``rounds`` are the earlier tool rounds of this reply, sent after ``messages``.
+    ``may_call=False``: the model must answer now, without calling the tools (the last
+    request of a reply).
     """
 
     def stream_with_tools(
@@ -230,6 +232,7 @@ class ToolCallingLLM(Protocol):
         rounds: Sequence[ToolRound],
         max_tokens: int,
         temperature: float,
+        may_call: bool = True,
     ) -> AsyncIterator[str | ToolCall]: ...
 
 

@@ -187,10 +187,11 @@ class ToolingStream:
             last = number == runner.max_rounds  # tools no more: the model answers with what it has
             stream = llm.stream_with_tools(
                 messages,
-                tools=[] if last else offered,
+                tools=offered,
                 rounds=tuple(self.rounds),
                 max_tokens=max_tokens,
                 temperature=temperature,
+                may_call=not last,
             )
             calls: list[ToolCall] = []
             text: list[str] = []

@@ -134,8 +134,9 @@ class OllamaChat:
         rounds: Sequence[ToolRound],
         max_tokens: int,
         temperature: float,
+        may_call: bool = True,
     ) -> AsyncGenerator[str | ToolCall, None]:
-        async for item in self._chat(messages, tools, rounds, max_tokens, temperature):
+        async for item in self._chat(messages, tools, rounds, max_tokens, temperature, may_call=may_call):
             yield item
 
     async def _chat(
@@ -145,6 +146,8 @@ class OllamaChat:
         rounds: Sequence[ToolRound],
         max_tokens: int,
         temperature: float,
+        *,
+        may_call: bool = True,
     ) -> AsyncGenerator[str | ToolCall, None]:
         client = self._require_client()
         payload: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in messages]
@@ -156,6 +159,7 @@ class OllamaChat:
                 "function": {"name": t.name, "description": t.description, "parameters": dict(t.parameters)},
             }
             for t in tools
+            if may_call  # Ollama has no tool_choice: a model that must answer is offered none
         ]
         produced = False
         calls: list[ToolCall] = []

@@ -10,7 +10,8 @@ Tools (``stream_with_tools``): the request offers ``tools`` (``type: function``)
 ``delta.tool_calls`` are put together by their ``index`` (the id and name come first, the
 arguments' JSON in pieces) and handed over as ``ToolCall`` records once the stream has ended
 (``finish_reason: tool_calls``). Earlier rounds go after the prompt as an assistant message
-with ``tool_calls`` and one ``tool`` message per result.
+with ``tool_calls`` and one ``tool`` message per result; ``may_call=False`` sends
+``tool_choice: "none"``.
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ class OpenAIChat:
         rounds: Sequence[ToolRound],
         max_tokens: int,
         temperature: float,
+        may_call: bool = True,
     ) -> AsyncGenerator[str | ToolCall, None]:
-        async for item in self._chat(messages, tools, rounds, max_tokens, temperature):
+        async for item in self._chat(messages, tools, rounds, max_tokens, temperature, may_call=may_call):
             yield item
 
     async def _chat(
@@ -109,6 +111,8 @@ class OpenAIChat:
         rounds: Sequence[ToolRound],
         max_tokens: int,
         temperature: float,
+        *,
+        may_call: bool = True,
     ) -> AsyncGenerator[str | ToolCall, None]:
         client = self._require_client()
         wire: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in messages]
@@ -134,6 +138,8 @@ class OpenAIChat:
                 }
                 for t in tools
             ]
+            if not may_call:  # described, not to be called: the model answers now
+                body["tool_choice"] = "none"
         produced = False
         calls = _ToolCallParts()
         try:

@@ -26,7 +26,9 @@ Tool calls
     ``finish_reason: "tool_calls"``; unstreamed, ``message.tool_calls`` with ``content: null``.
     Ollama: one chunk whose ``message.tool_calls`` holds every call whole (arguments as an
     object), then the ``done`` chunk. The request's offered tools are in
-    ``RecordedRequest.tools``; the results come back as ``role: "tool"`` messages.
+    ``RecordedRequest.tools``; the results come back as ``role: "tool"`` messages. As the real
+    APIs do, no call is made when the request forbids it (OpenAI ``tool_choice: "none"``) or, on
+    Ollama, offers no tools: the reply is then the ``AskTools``' text.
 
 Faults (all take effect on the next request and can be changed while running)
     * ``fail_next(n, status=500)``: the next ``n`` requests, on any endpoint, answer an error
@@ -317,6 +319,8 @@ class FakeLLMServer(LocalServer):
         body = body or {}
         model = str(body.get("model", ""))
         answer = self._reply_text(list(body.get("messages") or []))
+        if isinstance(answer, AskTools) and body.get("tool_choice") == "none":
+            answer = answer.text
         text = answer.text if isinstance(answer, AskTools) else answer
         calls = _call_ids(answer.calls) if isinstance(answer, AskTools) else []
         finish = "tool_calls" if calls else "stop"
@@ -404,6 +408,8 @@ class FakeLLMServer(LocalServer):
         body = body or {}
         model = str(body.get("model", ""))
         answer = self._reply_text(list(body.get("messages") or []))
+        if isinstance(answer, AskTools) and not body.get("tools"):
+            answer = answer.text
         text = answer.text if isinstance(answer, AskTools) else answer
         tool_calls = (
             [{"function": {"name": name, "arguments": args}} for name, args in answer.calls]

@@ -45,6 +45,7 @@ OFFERED = {"desk__clock", "desk__add_note", "desk__list_notes", "desk__broken", 
 PLUMBER = "The plumber comes on Tuesday at 9am"
 LOCKER = "Alice's gym locker code is 4471"
 NOTED = "Alright, I've written that down for you."
+KEEP_CHECKING = "Still the same minute. "
 
 
 def said_last(messages: list[dict[str, Any]]) -> str:
@@ -60,7 +61,7 @@ def results_so_far(messages: list[dict[str, Any]]) -> list[str]:
 def model(messages: list[dict[str, Any]]) -> str | AskTools:
     """A model that asks for the tool a message calls for, then answers from its result."""
     said, results = said_last(messages).lower(), results_so_far(messages)
-    if results:
+    if results and "keep checking" not in said:
         if "plumber" in said:
             return NOTED
         return f"Here is what I found: {' / '.join(results)}"
@@ -76,6 +77,8 @@ def model(messages: list[dict[str, Any]]) -> str | AskTools:
         return AskTools([("desk__stall", {"seconds": 3600})])
     if "wipe" in said:
         return AskTools([("desk__forget_notes", {})])
+    if "keep checking" in said:
+        return AskTools([("desk__clock", {})], text=KEEP_CHECKING)
     return "Happy to chat! What's on your mind?"
 
 
@@ -214,7 +217,9 @@ async def test_failing_hanging_and_forbidden_tools_are_told_to_the_model_and_a_r
     notes.write_text(json.dumps({"text": PLUMBER}) + "\n", encoding="utf-8")
     servers = {"desk": stdio_server(notes), "weather": {"command": str(tmp_path / "no-such-weather-server")}}
     async with FakeLLMServer(reply=model) as llm:
-        settings = settings_for(tmp_path, llm, backend, servers, mcp_tool_timeout_s=1.5)
+        settings = settings_for(
+            tmp_path, llm, backend, servers, mcp_tool_timeout_s=1.5, mcp_max_tool_rounds=2
+        )
         async with bot(settings) as (app, session):
             # a server that cannot start: noted, degraded, its tools absent, the others offered
             assert any("weather" in note for note in app.notes)
@@ -245,7 +250,16 @@ async def test_failing_hanging_and_forbidden_tools_are_told_to_the_model_and_a_r
             await chat(session, app, "What's in my notes?")
             assert chats(llm)[-1].tool_results() == [f"- {PLUMBER}"]
 
+            # a model that would call tools for ever: two rounds, then it must answer
+            reply = await chat(session, app, "Keep checking the clock until the minute changes.")
+            rounds = chats(llm)[-3:]
+            assert [len(r.tool_results()) for r in rounds] == [0, 1, 2]
+            final = rounds[-1].json
+            assert final.get("tool_choice") == "none" if backend == "openai" else not final.get("tools")
+            assert reply["kind"] == "answer" and reply["reply"] == (KEEP_CHECKING * 3).strip()
+
             counted = await metrics(session, app)
+            assert tool_calls_counted(counted, "desk__clock", "ok") == 2
             assert tool_calls_counted(counted, "desk__broken", "error") == 1
             assert tool_calls_counted(counted, "desk__stall", "timeout") == 1
             assert tool_calls_counted(counted, "(not offered)", "refused") == 1
