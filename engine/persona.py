@@ -81,6 +81,7 @@ class Persona:
 
 
 _FIRST_SENTENCE = re.compile(r".+?[.!?](?=\s|$)")
+_TOOL = re.compile(r"[^.\s]+\.[^\s]+")  # server.tool, server.*
 
 
 def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
@@ -106,7 +107,9 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
             f"persona file {source}: 'voice_replies' must be true or false, not {voice_replies!r}"
         )
     tools = data.get("tools") or []
-    if not isinstance(tools, list) or not all(isinstance(t, str) and t.strip() for t in tools):
+    if not isinstance(tools, list) or not all(
+        isinstance(t, str) and _TOOL.fullmatch(t.strip()) for t in tools
+    ):
         raise ConfigError(f"persona file {source}: 'tools' must be a list of names like server.tool")
     return Persona(
         name=name.strip().lower(),
