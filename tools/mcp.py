@@ -13,8 +13,8 @@ Names: a persona's allow-list names tools as ``server.tool`` (or ``server.*``). 
 sees ``server__tool`` (function names may hold only letters, digits, ``_`` and ``-``).
 
 Errors are converted here: a call that takes longer than its timeout → ``ToolTimeout``; a
-tool's own error result, a refused call, a lost connection → ``ToolError``, whose text the
-model is given. Nothing here logs a call's arguments or result.
+tool's own error result, a refused call, a lost connection, any other failure of the SDK →
+``ToolError``, whose text the model is given. Nothing here logs a call's arguments or result.
 """
 
 from __future__ import annotations
@@ -312,6 +312,9 @@ class _Server:
         except (OSError, anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             self._lost.set()
             raise ToolError(f"the {self.name} tool server is unreachable ({_describe(exc)})") from exc
+        except Exception as exc:  # the SDK's transports raise untyped errors too; a reply must not fail
+            logger.warning("MCP server %s: call failed: %s", self.name, _describe(exc))
+            raise ToolError(f"the {self.name} tool server failed ({type(exc).__name__})") from exc
         text = result_text(result)
         if result.is_error:
             raise ToolError(f"the tool {name} failed: {text or 'no reason given'}")
