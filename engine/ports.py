@@ -1,6 +1,6 @@
 """The engine's ports: one Protocol per outside capability, and the records they carry.
 
-Implementations live outside ``engine/`` (``storage/``, ``inference/``, ``voice/``) and are
+Implementations live outside ``engine/`` (``storage/``, ``inference/``, ``voice/``, ``tools/``) and are
 chosen by the composition root (``bot/app.py``). Every implementation has async
 ``start()`` and ``aclose()``; ``ping()`` raises :class:`engine.errors.BackendUnavailable`
 when its service is down. Fakes for unit tests are in ``tests/fakes/ports.py``.
