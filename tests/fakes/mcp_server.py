@@ -101,9 +101,10 @@ def stdio_command(notes: Path) -> tuple[str, list[str]]:
 
 
 @contextlib.contextmanager
-def started_mcp_server(notes: Path, *, timeout_s: float = 30.0) -> Iterator[str]:
-    """Run the server over streamable HTTP in a child process; its URL (``.../mcp``)."""
-    port = free_port()
+def started_mcp_server(notes: Path, *, port: int | None = None, timeout_s: float = 30.0) -> Iterator[str]:
+    """Run the server over streamable HTTP in a child process (on ``port``, else a free one);
+    its URL (``.../mcp``). The server stops when the block ends."""
+    port = port or free_port()
     root = Path(__file__).resolve().parents[2]
     process = subprocess.Popen(
         [
