@@ -21,10 +21,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from config.mcp import MCPServerConfig, parse_mcp_servers
 from config.settings import LLMBackendName, Settings
 from config.urls import redact_url
 from engine.background import ReplyPriority
@@ -392,6 +393,7 @@ async def start_emotion(
 
 async def start_tools(
     settings: Settings,
+    servers: Mapping[str, MCPServerConfig],
     *,
     library: PersonaLibrary,
     backends: list[LLM],
@@ -399,12 +401,9 @@ async def start_tools(
     stack: contextlib.AsyncExitStack,
     notes: list[str],
 ) -> tuple[ToolRunner | None, Callable[[], ComponentHealth] | None, str]:
-    """The tools of the MCP servers in MCP_SERVERS (None: none configured), their health
+    """The tools of the MCP ``servers`` (MCP_SERVERS; None: none configured), their health
     report, and the choice's description. A server that does not start is a note and a
     degraded health, never a failed start: the bot answers without its tools."""
-    from config.mcp import parse_mcp_servers
-
-    servers = parse_mcp_servers(settings.mcp_servers)
     if not servers:
         return None, None, "none"
     for name in library.names():
@@ -512,6 +511,7 @@ async def build_app(
             f"the REST API would be open to the network on {settings.web_host} without a token",
             variable="API_TOKEN",
         )
+    mcp_servers = parse_mcp_servers(settings.mcp_servers)  # a mistake in it stops the start at once
     async with contextlib.AsyncExitStack() as stack:
         notes: list[str] = []
         store, store_choice = make_store(settings)
@@ -563,7 +563,13 @@ async def build_app(
         metrics = PrometheusMetrics()
         tools, tools_health, tools_choice = (
             await start_tools(
-                settings, library=library, backends=backends, metrics=metrics, stack=stack, notes=notes
+                settings,
+                mcp_servers,
+                library=library,
+                backends=backends,
+                metrics=metrics,
+                stack=stack,
+                notes=notes,
             )
             if role == "bot"
             else (None, None, "none (workers answer no messages)")

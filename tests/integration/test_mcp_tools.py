@@ -28,6 +28,7 @@ import pytest
 
 from bot.app import App, build_app
 from config.settings import Settings
+from engine.errors import ConfigError
 from tests.fakes.llm_server import AskTools, FakeLLMServer, RecordedRequest
 from tests.fakes.mcp_server import BROKEN_MESSAGE, read_notes, started_mcp_server, stdio_command
 
@@ -289,3 +290,14 @@ async def test_one_users_tool_output_never_reaches_another_conversation(tmp_path
             assert not any("4471" in str(m.get("content")) for m in request.messages)
         alices = [r for r in chats(llm) if any("my notes" in str(m.get("content")) for m in r.messages)]
         assert [r.tool_results() for r in alices] == [[], [f"- {LOCKER}"]]
+
+
+async def test_a_mistake_in_mcp_servers_stops_the_start_and_says_where(tmp_path: Path) -> None:
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, web_port=0, mcp_servers='{"clock": {"cmd": "uvx"}}'
+    )
+    with pytest.raises(ConfigError, match="MCP_SERVERS") as raised:
+        async with build_app(settings):
+            pass
+    assert "'clock'" in str(raised.value) and "cmd" in str(raised.value)
+    assert not (tmp_path / "whisperengine.db").exists()  # nothing was started
