@@ -20,6 +20,7 @@ COPY bot ./bot
 COPY adapters ./adapters
 COPY engine ./engine
 COPY inference ./inference
+COPY tools ./tools
 COPY storage ./storage
 COPY voice ./voice
 COPY config ./config

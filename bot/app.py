@@ -9,6 +9,7 @@ imported only when chosen.
     vectors  CHROMA_URL        Chroma server | embedded Chroma under DATA_DIR (default)
     embedder                   all-MiniLM-L6-v2, int8 ONNX, in process
     llm      LLM_BACKEND       auto | openai | ollama | llamacpp, then LLM_FALLBACKS in order
+    tools    MCP_SERVERS       the tools of MCP servers (stdio, streamable HTTP) | none (default)
 
 ``start_platforms(app, stack)`` then starts each platform whose token is set (Discord,
 Telegram, Slack) and, when one of them can carry voice, the speech engines.
@@ -20,10 +21,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from config.mcp import MCPServerConfig, parse_mcp_servers
 from config.settings import LLMBackendName, Settings
 from config.urls import redact_url
 from engine.background import ReplyPriority
@@ -49,12 +51,15 @@ from engine.ports import (
     ConversationLocks,
     ConversationStore,
     Embedder,
+    Metrics,
     SpeechToText,
     TextToSpeech,
+    ToolCallingLLM,
     VectorMemory,
     WorkQueue,
 )
 from engine.prompt import PromptBudget, PromptStyle
+from engine.tools import ToolRunner
 from storage.cache.failover import FailoverCache, FailoverLocks
 from storage.vector.outbox import DurableVectorMemory
 
@@ -386,6 +391,42 @@ async def start_emotion(
     return classifier, f"MiniLM prototypes + {classifier.lexicon.name} lexicon"
 
 
+async def start_tools(
+    settings: Settings,
+    servers: Mapping[str, MCPServerConfig],
+    *,
+    library: PersonaLibrary,
+    backends: list[LLM],
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+    notes: list[str],
+) -> tuple[ToolRunner | None, Callable[[], ComponentHealth] | None, str]:
+    """The tools of the MCP ``servers`` (MCP_SERVERS; None: none configured), their health
+    report, and the choice's description. A server that does not start is a note and a
+    degraded health, never a failed start: the bot answers without its tools."""
+    if not servers:
+        return None, None, "none"
+    for name in library.names():
+        persona = library.get(name)
+        for entry in persona.tools if persona is not None else ():
+            if entry.partition(".")[0] not in servers:
+                note = f"persona {name} allows tool {entry!r}, but MCP_SERVERS names no such server"
+                logger.warning("%s", note)
+                notes.append(note)
+    if not any(isinstance(b, ToolCallingLLM) for b in backends):
+        notes.append("no LLM backend here can call tools (llama.cpp in process cannot): replies use none")
+    from tools.mcp import MCPTools
+
+    mcp = MCPTools(servers, connect_timeout_s=settings.mcp_connect_timeout_s)
+    stack.push_async_callback(mcp.aclose)
+    await mcp.start()
+    notes.extend(f"{failure}; answering without its tools until it connects" for failure in mcp.failures())
+    runner = ToolRunner(
+        mcp, timeout_s=settings.mcp_tool_timeout_s, max_rounds=settings.mcp_max_tool_rounds, metrics=metrics
+    )
+    return runner, mcp.health, f"mcp: {mcp.description}"
+
+
 COMPACT_REPLY_SENTENCES = 3
 COMPACT_REPLY_TOKENS = 96
 
@@ -470,6 +511,7 @@ async def build_app(
             f"the REST API would be open to the network on {settings.web_host} without a token",
             variable="API_TOKEN",
         )
+    mcp_servers = parse_mcp_servers(settings.mcp_servers)  # a mistake in it stops the start at once
     async with contextlib.AsyncExitStack() as stack:
         notes: list[str] = []
         store, store_choice = make_store(settings)
@@ -519,6 +561,19 @@ async def build_app(
         from bot.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics()
+        tools, tools_health, tools_choice = (
+            await start_tools(
+                settings,
+                mcp_servers,
+                library=library,
+                backends=backends,
+                metrics=metrics,
+                stack=stack,
+                notes=notes,
+            )
+            if role == "bot"
+            else (None, None, "none (workers answer no messages)")
+        )
         # MEMORY_WORKER=external: bot processes only queue the memory work for workers
         leave_to_workers = settings.memory_worker == "external" and role == "bot"
         memory_jobs, memory_jobs_choice = await start_memory_jobs(
@@ -581,6 +636,7 @@ async def build_app(
             emotion=emotion,
             bot_name=settings.bot_name,
             locks=locks,
+            tools=tools,
             care=None
             if leave_to_workers
             else make_memory_care(settings, store, vectors, write_embedder, memory_llm),
@@ -627,10 +683,13 @@ async def build_app(
                 "embedder": "all-MiniLM-L6-v2 int8 ONNX (in process)",
                 "llm": " → ".join(b.name for b in backends),
                 "emotion": emotion_choice,
+                "tools": tools_choice,
             },
             notes=notes,
             metrics=metrics,
         )
+        if tools_health is not None:
+            app.reporters["tools"] = tools_health
         if with_web and settings.web_enabled:
             from adapters.web.server import WebAdapter
 

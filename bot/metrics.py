@@ -1,7 +1,8 @@
 """Prometheus metrics of the process, served at ``GET /metrics`` by the web server.
 
 :class:`PrometheusMetrics` implements the engine's :class:`engine.ports.Metrics` port
-(messages, reply latency, time to first token, streamed LLM chunks and tokens) and reads
+(messages, reply latency, time to first token, streamed LLM chunks and tokens, tool calls by
+tool and outcome) and reads
 the rest when scraped: queue depths (memory writer, relationship tracker, replies in
 flight) and each LLM backend's failures from :meth:`engine.llm.ResilientLLM.stats`.
 
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.llm import BackendStats
+from engine.ports import ToolOutcome
 
 # Seconds: a streamed reply's first chunk is expected within a few seconds, a whole
 # reply from a CPU model may take a minute.
@@ -63,6 +65,19 @@ class PrometheusMetrics:
             ["backend"],
             registry=self.registry,
         )
+        self._tool_calls = Counter(
+            "whisperengine_tool_calls",
+            "Tool calls the model asked for, by tool and outcome (ok, error, timeout, refused).",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self._tool_seconds = Histogram(
+            "whisperengine_tool_call_seconds",
+            "Time one tool call took, by tool.",
+            ["tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._state = _StateCollector()
         self.registry.register(self._state)
 
@@ -79,6 +94,10 @@ class PrometheusMetrics:
     def llm_streamed(self, backend: str, *, chunks: int, approx_tokens: int) -> None:
         self._chunks.labels(backend=backend).inc(chunks)
         self._tokens.labels(backend=backend).inc(approx_tokens)
+
+    def tool_called(self, tool: str, outcome: ToolOutcome, *, duration_s: float) -> None:
+        self._tool_calls.labels(tool=tool, outcome=outcome).inc()
+        self._tool_seconds.labels(tool=tool).observe(duration_s)
 
     # --- read when scraped -----------------------------------------------------------------
 

@@ -391,6 +391,27 @@ class Settings(BaseSettings):
 
     # --- end check-ins ---------------------------------------------------------------------
 
+    # --- tools over MCP ---------------------------------------------------------------------
+    mcp_servers: str | None = Field(
+        None,
+        description="MCP servers whose tools personas may use: a JSON object naming each server, "
+        'with "command" and "args" (stdio) or "url" (streamable HTTP), or the path of a JSON or YAML '
+        "file holding one; see Tools over MCP. Unset = no tools.",
+    )
+    mcp_tool_timeout_s: float = Field(
+        20.0, gt=0, description="Longest wait for one tool call; the model is told when a tool takes longer."
+    )
+    mcp_max_tool_rounds: int = Field(
+        3, ge=1, le=10, description="Most rounds of tool calls in one reply, before the model must answer."
+    )
+    mcp_connect_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest wait for an MCP server to start and list its tools; one that does not is "
+        "left out (the bot answers without its tools) and tried again in the background.",
+    )
+    # --- end tools over MCP -----------------------------------------------------------------
+
     # --- store spool -----------------------------------------------------------------------
     store_spool_max_entries: int = Field(
         10_000,
@@ -490,4 +511,18 @@ class Settings(BaseSettings):
         configured += (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token)  # slack
         configured += (self.encryption_key,)  # secrets at rest
         values = [s.get_secret_value() for s in configured if s is not None]
+        values += mcp_secrets(self.mcp_servers)  # tool servers' environment and headers
         return [v for v in values if v]
+
+
+def mcp_secrets(raw: str | None) -> list[str]:
+    """The values of MCP_SERVERS that may be credentials (none when it does not parse: then the
+    app refuses to start, saying why)."""
+    from config.mcp import parse_mcp_servers
+    from engine.errors import ConfigError
+
+    try:
+        servers = parse_mcp_servers(raw)
+    except ConfigError:
+        return []
+    return [value for server in servers.values() for value in server.secret_values()]

@@ -13,6 +13,8 @@ boundary of the module that talks to that SDK, so callers only ever see these::
     │   └── ConversationBusy   ... a conversation stayed locked longer than the wait limit
     ├── LLMError               the language model could not produce a reply
     │   └── LLMTimeout         ... because it took longer than the configured timeout
+    ├── ToolError              a tool the model called failed; the message is told to the model
+    │   └── ToolTimeout        ... because it took longer than the tool timeout
     └── InputError             a message, attachment or option is malformed or too large
         └── LinkRefused        ... an account-link code was wrong, used, expired or guessed at
 
@@ -88,6 +90,15 @@ class LLMError(WhisperEngineError):
 
 class LLMTimeout(LLMError):
     """The language model did not answer within the configured timeout."""
+
+
+class ToolError(WhisperEngineError):
+    """A tool the model called (``engine/tools.py``) failed; the message is fit to hand the model
+    as the tool's result, and never holds the call's arguments."""
+
+
+class ToolTimeout(ToolError):
+    """A tool did not answer within the tool timeout."""
 
 
 class InputError(WhisperEngineError):

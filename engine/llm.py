@@ -38,6 +38,13 @@ exception (a bug, cancellation) propagates at once. Closing the stream early
 
 ``stream()`` returns an :class:`LLMStream`, whose ``backend`` names the backend that
 answered; ``stats()`` gives per-backend health for a status page.
+
+Tools
+    ``stream_with_tools()`` is the same policy for a request that offers tools
+    (:class:`engine.ports.ToolCallingLLM`): the stream also yields the model's tool calls,
+    and a tool call counts as a first chunk. A backend that cannot call tools (llama.cpp in
+    process) is asked the plain way: it answers without tools (and without the results of
+    earlier rounds, which its prompt format has no place for).
 """
 
 from __future__ import annotations
@@ -46,19 +53,22 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from engine.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, backoff_delay
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
-from engine.ports import LLM
+from engine.ports import LLM, ToolCall, ToolCallingLLM, ToolRound, ToolSpec
 
 logger = logging.getLogger(__name__)
 
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 
 SleepFn = Callable[[float], Awaitable[None]]
+ChunkT = TypeVar("ChunkT")
+Opener = Callable[[LLM], AsyncIterator[ChunkT]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,21 +138,22 @@ def _retry_same_backend(exc: Exception) -> bool:
     return not (isinstance(status, int) and 400 <= status < 500 and status not in _RETRYABLE_4XX)
 
 
-class LLMStream:
-    """What :meth:`ResilientLLM.stream` returns: an async iterator of text chunks that also
-    says which backend produced them. ``backend`` is set when the first chunk arrives;
-    unlike ``ResilientLLM.last_backend`` it is not shared between concurrent replies."""
+class LLMStream(Generic[ChunkT]):
+    """What :meth:`ResilientLLM.stream` returns: an async iterator of text chunks (and tool
+    calls, from ``stream_with_tools``) that also says which backend produced them. ``backend``
+    is set when the first chunk arrives; unlike ``ResilientLLM.last_backend`` it is not shared
+    between concurrent replies."""
 
     __slots__ = ("_chunks", "backend")
 
     def __init__(self) -> None:
         self.backend: str | None = None
-        self._chunks: AsyncGenerator[str, None] | None = None
+        self._chunks: AsyncGenerator[ChunkT, None] | None = None
 
-    def __aiter__(self) -> LLMStream:
+    def __aiter__(self) -> LLMStream[ChunkT]:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> ChunkT:
         assert self._chunks is not None
         return await self._chunks.__anext__()
 
@@ -258,15 +269,49 @@ class ResilientLLM:
             for b, h, breaker in zip(self._backends, self._health, self._breakers, strict=True)
         ]
 
-    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float) -> LLMStream:
+    def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> LLMStream[str]:
         """The reply's text chunks; the returned stream's ``backend`` names who produced it."""
-        handle = LLMStream()
-        handle._chunks = self._stream(messages, max_tokens, temperature, handle)
+
+        def plain(backend: LLM) -> AsyncIterator[str]:
+            return backend.stream(messages, max_tokens=max_tokens, temperature=temperature)
+
+        handle: LLMStream[str] = LLMStream()
+        handle._chunks = self._stream(plain, handle)
+        return handle
+
+    def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        max_tokens: int,
+        temperature: float,
+        may_call: bool = True,
+    ) -> LLMStream[str | ToolCall]:
+        """The reply's text chunks and tool calls, offering ``tools`` (see "Tools" above)."""
+
+        def with_tools(backend: LLM) -> AsyncIterator[str | ToolCall]:
+            if isinstance(backend, ToolCallingLLM):
+                return backend.stream_with_tools(
+                    messages,
+                    tools=tools,
+                    rounds=rounds,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    may_call=may_call,
+                )
+            return backend.stream(messages, max_tokens=max_tokens, temperature=temperature)
+
+        handle: LLMStream[str | ToolCall] = LLMStream()
+        handle._chunks = self._stream(with_tools, handle)
         return handle
 
     async def _stream(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, handle: LLMStream
-    ) -> AsyncGenerator[str, None]:
+        self, open_stream: Opener[ChunkT], handle: LLMStream[ChunkT]
+    ) -> AsyncGenerator[ChunkT, None]:
         failures: list[str] = []
         last_exc: Exception | None = None
         last_index = len(self._backends) - 1
@@ -285,7 +330,7 @@ class ResilientLLM:
                 health.attempts += 1
                 produced = False
                 outcome_known = False
-                chunks = self._attempt(backend, messages, max_tokens, temperature)
+                chunks = self._attempt(backend, open_stream)
                 try:
                     async for chunk in chunks:
                         if not produced:
@@ -341,14 +386,12 @@ class ResilientLLM:
         """Exponential backoff with "equal jitter": half fixed, half random."""
         return backoff_delay(retry, base_s=self._backoff_s, max_s=self._backoff_max_s, jitter=self._jitter)
 
-    async def _attempt(
-        self, backend: LLM, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
-    ) -> AsyncGenerator[str, None]:
+    async def _attempt(self, backend: LLM, open_stream: Opener[ChunkT]) -> AsyncGenerator[ChunkT, None]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self._timeout_s
         first_deadline = started + self._first_token_timeout_s
-        iterator = aiter(backend.stream(messages, max_tokens=max_tokens, temperature=temperature))
+        iterator = aiter(open_stream(backend))
         first = True
         try:
             while True:

@@ -16,6 +16,8 @@ A persona file looks like::
     examples:                        # optional example exchanges
       - user: I had a rough day.
         assistant: I'm sorry. Want to tell me what happened?
+    tools: [clock.now, notes.*]      # optional: the MCP tools it may use (server.tool or
+                                     # server.*; see the README's "Tools over MCP"); default none
 
 Personas imported from character cards (``engine/cards.py``) also use these optional keys::
 
@@ -87,6 +89,8 @@ class Persona:
     """Also speak each reply (in ``voice``) where the platform carries voice messages."""
     short_prompt: str = ""
     """The persona in a sentence or two, for a small model; empty: the system prompt's first sentence."""
+    tools: tuple[str, ...] = ()
+    """The tools it may use (allow-list: ``server.tool`` or ``server.*``); empty: none."""
     display_name: str = ""
     """How the persona is named in its texts (``{{char}}``); empty: ``name``."""
     character: str = ""
@@ -136,6 +140,7 @@ class Persona:
 
 
 _FIRST_SENTENCE = re.compile(r".+?[.!?](?=\s|$)")
+_TOOL = re.compile(r"[^.\s]+\.[^\s]+")  # server.tool, server.*
 
 
 def _text(data: Mapping[str, Any], key: str, source: str) -> str:
@@ -229,6 +234,11 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
         raise ConfigError(
             f"persona file {source}: 'voice_replies' must be true or false, not {voice_replies!r}"
         )
+    tools = data.get("tools") or []
+    if not isinstance(tools, list) or not all(
+        isinstance(t, str) and _TOOL.fullmatch(t.strip()) for t in tools
+    ):
+        raise ConfigError(f"persona file {source}: 'tools' must be a list of names like server.tool")
     return Persona(
         name=name.strip().lower(),
         system_prompt=prompt,
@@ -246,6 +256,7 @@ def parse_persona(data: Mapping[str, Any], *, source: str) -> Persona:
         first_message=_text(data, "first_message", source),
         post_history_instructions=_text(data, "post_history_instructions", source),
         lorebook=parse_lorebook(data.get("lorebook"), source=source),
+        tools=tuple(t.strip() for t in tools),
     )
 
 

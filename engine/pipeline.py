@@ -7,7 +7,9 @@
             → context: recent turns (cache, else the store), the user's relevant memories,
               profile, persona, emotion — gathered concurrently (see "Concurrency" below)
             → prompt within the token budget (``engine/prompt.py``) → LLM, streamed to the
-              caller until the reply ends (``engine/reply_cut.py``: stop sequences, length caps)
+              caller until the reply ends (``engine/reply_cut.py``: stop sequences, length caps);
+              with the tools the persona may use offered, run between requests when the model
+              calls them (``engine/tools.py``)
             → after the reply: the reply joins the recent turns at once; storing it and
               writing memories happen in the background (``MemoryWriter``)
 
@@ -43,7 +45,17 @@ from typing import Any
 from engine.background import ReplyPriority
 from engine.emotion import EmotionDetector, LexiconEmotionDetector
 from engine.errors import BackendUnavailable, InputError, LLMError, StorageError, WriteRefused
-from engine.events import AIResponse, MemoryHit, ReplyKind, Timings, Turn, UniversalMessage, new_id, utcnow
+from engine.events import (
+    AIResponse,
+    ChatMessage,
+    MemoryHit,
+    ReplyKind,
+    Timings,
+    Turn,
+    UniversalMessage,
+    new_id,
+    utcnow,
+)
 from engine.identity import IdentityLinker, LinkCode, LinkResult
 from engine.locks import LocalConversationLocks
 from engine.memory import MemoryRecall, MemoryWriter, TurnRecord, memory_text
@@ -58,6 +70,7 @@ from engine.ports import (
     Metrics,
     NoMetrics,
     StoredMessage,
+    ToolCallingLLM,
     UserProfile,
     Vector,
 )
@@ -66,6 +79,7 @@ from engine.reasoning import ReasoningFilter
 from engine.relationship import RELATIONSHIP_SETTING, Observation, RelationshipProfile, RelationshipTracker
 from engine.reply import ReplyStream
 from engine.reply_cut import ReplyCutter, wants_long_reply
+from engine.tools import ToolingStream, ToolRunner
 from engine.user_settings import USER_SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -128,8 +142,11 @@ class Engine:
         locks: ConversationLocks | None = None,
         identity: IdentityLinker | None = None,
         priority: ReplyPriority | None = None,
+        tools: ToolRunner | None = None,
     ) -> None:
         self.llm = llm
+        # tools of MCP servers, offered to the model as each persona allows; None: no tools
+        self.tools = tools
         # replies being prepared go before background work that shares it (the memory writer)
         self.priority = priority or ReplyPriority()
         # linked accounts resolve to one identity; None: every account is its own identity
@@ -350,7 +367,7 @@ class Engine:
         max_tokens = config.budget.reply_tokens
         if not long_reply and config.reply_max_tokens is not None:
             max_tokens = min(max_tokens, config.reply_max_tokens)
-        stream = self.llm.stream(prompt.messages, max_tokens=max_tokens, temperature=config.temperature)
+        stream = self._llm_stream(prompt.messages, persona, message, max_tokens)
         reasoning = ReasoningFilter()  # a reasoning model's <think> blocks are never shown or kept
         cutter = ReplyCutter(  # stop sequences, the sentence cap, whole sentences at the token cap
             stop=prompt.stop,
@@ -445,6 +462,24 @@ class Engine:
             # a fallback chain says which of its backends answered this reply
             llm_backend=backend,
             error=error,
+        )
+
+    def _llm_stream(
+        self, messages: Sequence[ChatMessage], persona: Persona, message: UniversalMessage, max_tokens: int
+    ) -> AsyncIterator[str]:
+        """The model's reply: with the tools the persona may use, when there are any."""
+        temperature = self.config.temperature
+        offered = self.tools.offered(persona.tools) if self.tools is not None else []
+        if self.tools is None or not offered or not isinstance(self.llm, ToolCallingLLM):
+            return self.llm.stream(messages, max_tokens=max_tokens, temperature=temperature)
+        return ToolingStream(
+            self.llm,
+            messages,
+            runner=self.tools,
+            offered=offered,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            where=message.conversation_key,
         )
 
     # --- context ----------------------------------------------------------------------

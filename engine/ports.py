@@ -1,6 +1,6 @@
 """The engine's ports: one Protocol per outside capability, and the records they carry.
 
-Implementations live outside ``engine/`` (``storage/``, ``inference/``, ``voice/``) and are
+Implementations live outside ``engine/`` (``storage/``, ``inference/``, ``voice/``, ``tools/``) and are
 chosen by the composition root (``bot/app.py``). Every implementation has async
 ``start()`` and ``aclose()``; ``ping()`` raises :class:`engine.errors.BackendUnavailable`
 when its service is down. Fakes for unit tests are in ``tests/fakes/ports.py``.
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from engine.events import ChatMessage, Role
 
@@ -146,6 +146,48 @@ class VectorHit:
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as offered to the model (``Tools.offered``): the name the model calls it by
+    (letters, digits, ``_`` and ``-``), what it does, and the JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, JSONValue] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model asked for: its id (to pair the result with it), the tool's name, and
+    the arguments as the JSON text the model wrote (possibly malformed)."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+ToolOutcome = Literal["ok", "error", "timeout", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a call gave back to the model: the tool's text, or what went wrong."""
+
+    call: ToolCall
+    content: str
+    outcome: ToolOutcome = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRound:
+    """One round of a reply's tool use, sent back to the model with the next request: the text
+    the model wrote with its calls, and each call's result. Rounds belong to one request only:
+    they are never stored, cached, or shown to another conversation."""
+
+    text: str
+    results: tuple[ToolResult, ...]
+
+
 # --- ports ---------------------------------------------------------------------------
 
 
@@ -169,6 +211,46 @@ class LLM(Protocol):
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
     async def ping(self) -> None: ...
+
+
+@runtime_checkable
+class ToolCallingLLM(Protocol):
+    """An LLM that can also call tools natively (OpenAI-compatible ``tools``, Ollama ``tools``).
+
+    ``stream_with_tools`` streams the reply's text, and yields a :class:`ToolCall` for each
+    tool the model asks for (all of them once the stream has ended: the caller runs them
+    after it). ``rounds`` are the earlier tool rounds of this reply, sent after ``messages``.
+    ``may_call=False``: the model must answer now, without calling the tools (the last
+    request of a reply).
+    """
+
+    def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        max_tokens: int,
+        temperature: float,
+        may_call: bool = True,
+    ) -> AsyncIterator[str | ToolCall]: ...
+
+
+class Tools(Protocol):
+    """Tools the owner configured (``tools/mcp.py``: tools of MCP servers).
+
+    ``offered(allowed)`` is the specs of the tools that an allow-list names (a persona's
+    ``tools``: ``server.tool`` or ``server.*``) and that are available now; ``call`` runs one
+    of them by its offered name and returns its text, raising :class:`engine.errors.ToolError`
+    (``ToolTimeout`` after ``timeout_s``) with a message fit for the model.
+    """
+
+    def offered(self, allowed: Sequence[str]) -> list[ToolSpec]: ...
+
+    async def call(self, name: str, arguments: Mapping[str, JSONValue], *, timeout_s: float) -> str: ...
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class Embedder(Protocol):
@@ -530,6 +612,10 @@ class Metrics(Protocol):
         """A reply's text as streamed by ``backend``: its chunks and about how many tokens."""
         ...
 
+    def tool_called(self, tool: str, outcome: ToolOutcome, *, duration_s: float) -> None:
+        """One tool call the model asked for, and how it ended."""
+        ...
+
 
 class NoMetrics:
     """Metrics that go nowhere."""
@@ -541,4 +627,7 @@ class NoMetrics:
         return None
 
     def llm_streamed(self, backend: str, *, chunks: int, approx_tokens: int) -> None:
+        return None
+
+    def tool_called(self, tool: str, outcome: ToolOutcome, *, duration_s: float) -> None:
         return None

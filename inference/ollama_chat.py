@@ -6,6 +6,11 @@ Streams ``POST /api/chat`` (NDJSON). SDK errors are converted here: connection f
 
 The SDK is built on ``httpx``; its streaming path lets ``httpx`` errors through
 unconverted, so they are caught here too.
+
+Tools (``stream_with_tools``): the request offers ``tools``; Ollama sends each call whole in
+``message.tool_calls`` (arguments as an object, given to the engine as JSON text), handed over
+once the stream has ended. Earlier rounds go after the prompt as an assistant message with
+``tool_calls`` and one ``tool`` message (with ``tool_name``) per result.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 import httpx
 import ollama
@@ -21,6 +27,7 @@ import pydantic
 from config.urls import redact_url
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
+from engine.ports import ToolCall, ToolRound, ToolSpec
 from inference import llm_error
 
 logger = logging.getLogger(__name__)
@@ -115,13 +122,52 @@ class OllamaChat:
     async def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
     ) -> AsyncGenerator[str, None]:
+        async for item in self._chat(messages, (), (), max_tokens, temperature):
+            if isinstance(item, str):
+                yield item
+
+    async def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        max_tokens: int,
+        temperature: float,
+        may_call: bool = True,
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        async for item in self._chat(messages, tools, rounds, max_tokens, temperature, may_call=may_call):
+            yield item
+
+    async def _chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        max_tokens: int,
+        temperature: float,
+        *,
+        may_call: bool = True,
+    ) -> AsyncGenerator[str | ToolCall, None]:
         client = self._require_client()
-        payload = [{"role": m.role, "content": m.content} for m in messages]
+        payload: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in messages]
+        for done in rounds:
+            payload.extend(_round_messages(done))
+        offered = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": dict(t.parameters)},
+            }
+            for t in tools
+            if may_call  # Ollama has no tool_choice: a model that must answer is offered none
+        ]
         produced = False
+        calls: list[ToolCall] = []
         try:
             parts = await client.chat(
                 model=self._model,
                 messages=payload,
+                tools=offered or None,
                 stream=True,
                 options={"num_predict": max_tokens, "temperature": temperature},
             )
@@ -131,6 +177,14 @@ class OllamaChat:
                     if text:
                         produced = True
                         yield text
+                    for asked in part.message.tool_calls or ():
+                        calls.append(
+                            ToolCall(
+                                id=f"call_{len(calls)}",
+                                name=asked.function.name,
+                                arguments=json.dumps(dict(asked.function.arguments)),
+                            )
+                        )
             finally:
                 await parts.aclose()  # type: ignore[attr-defined]
         except _CONNECT_ERRORS as exc:
@@ -149,6 +203,8 @@ class OllamaChat:
             raise BackendUnavailable(self._service, repr(exc), variable="OLLAMA_HOST") from exc
         except (json.JSONDecodeError, pydantic.ValidationError) as exc:
             raise LLMError(f"{self.name}: malformed answer: {exc}") from exc
+        for call in calls:
+            yield call
 
     # --- internals ----------------------------------------------------------------------
 
@@ -156,3 +212,25 @@ class OllamaChat:
         if self._client is None:
             raise LLMError(f"{self.name} is not started")
         return self._client
+
+
+def _round_messages(done: ToolRound) -> list[dict[str, Any]]:
+    """An earlier round as Ollama wants it: the assistant's calls, then each result."""
+    assistant = {
+        "role": "assistant",
+        "content": done.text,
+        "tool_calls": [
+            {"function": {"name": r.call.name, "arguments": _as_object(r.call.arguments)}}
+            for r in done.results
+        ],
+    }
+    results = [{"role": "tool", "content": r.content, "tool_name": r.call.name} for r in done.results]
+    return [assistant, *results]
+
+
+def _as_object(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

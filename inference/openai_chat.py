@@ -5,6 +5,13 @@ Streams ``POST {base_url}/chat/completions``. The SDK's own retries are disabled
 SDK errors are converted here: connection failures → ``BackendUnavailable`` (check
 ``OPENAI_BASE_URL``), timeouts → ``LLMTimeout``, HTTP errors → ``LLMError`` with ``status``.
 The API key is never logged.
+
+Tools (``stream_with_tools``): the request offers ``tools`` (``type: function``); the streamed
+``delta.tool_calls`` are put together by their ``index`` (the id and name come first, the
+arguments' JSON in pieces) and handed over as ``ToolCall`` records once the stream has ended
+(``finish_reason: tool_calls``). Earlier rounds go after the prompt as an assistant message
+with ``tool_calls`` and one ``tool`` message per result; ``may_call=False`` sends
+``tool_choice: "none"``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from openai.types.chat import ChatCompletion
 
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
+from engine.ports import ToolCall, ToolRound, ToolSpec
 from inference import llm_error
 from inference.openai_client import OpenAIEndpoint, describe_openai_error
 
@@ -79,16 +87,61 @@ class OpenAIChat:
     async def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
     ) -> AsyncGenerator[str, None]:
+        async for item in self._chat(messages, (), (), max_tokens, temperature):
+            if isinstance(item, str):
+                yield item
+
+    async def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        max_tokens: int,
+        temperature: float,
+        may_call: bool = True,
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        async for item in self._chat(messages, tools, rounds, max_tokens, temperature, may_call=may_call):
+            yield item
+
+    async def _chat(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        max_tokens: int,
+        temperature: float,
+        *,
+        may_call: bool = True,
+    ) -> AsyncGenerator[str | ToolCall, None]:
         client = self._require_client()
+        wire: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in messages]
+        for done in rounds:
+            wire.extend(_round_messages(done))
         body: dict[str, object] = {
             "model": self._model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": wire,
             "temperature": temperature,
             "stream": True,
             # the official API names the cap max_completion_tokens; compatible servers max_tokens
             ("max_completion_tokens" if self._official else "max_tokens"): max_tokens,
         }
+        if tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": dict(t.parameters),
+                    },
+                }
+                for t in tools
+            ]
+            if not may_call:  # described, not to be called: the model answers now
+                body["tool_choice"] = "none"
         produced = False
+        calls = _ToolCallParts()
         try:
             # The body is plain JSON already: posted as it is, without the SDK's per-request
             # transformation of typed parameters (several ms of CPU for a long prompt).
@@ -102,6 +155,7 @@ class OpenAIChat:
             try:
                 async for chunk in response:  # plain JSON: no typed model built per token
                     text = _delta_text(chunk)
+                    calls.feed(chunk)
                     if text:
                         produced = True
                         yield text
@@ -109,6 +163,8 @@ class OpenAIChat:
                 await response.close()
         except openai.APIError as exc:
             raise self._convert(exc, produced) from exc
+        for call in calls.finished():
+            yield call
 
     # --- internals ----------------------------------------------------------------------
 
@@ -150,3 +206,58 @@ def _delta_text(chunk: object) -> str:
         if isinstance(content, str):
             parts.append(content)
     return "".join(parts)
+
+
+def _round_messages(done: ToolRound) -> list[dict[str, Any]]:
+    """An earlier round as the API wants it: the assistant's calls, then each result."""
+    assistant: dict[str, Any] = {
+        "role": "assistant",
+        "content": done.text or None,
+        "tool_calls": [
+            {
+                "id": r.call.id,
+                "type": "function",
+                "function": {"name": r.call.name, "arguments": r.call.arguments},
+            }
+            for r in done.results
+        ],
+    }
+    results = [{"role": "tool", "tool_call_id": r.call.id, "content": r.content} for r in done.results]
+    return [assistant, *results]
+
+
+class _ToolCallParts:
+    """The streamed ``delta.tool_calls`` of one reply, put together by index."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    def feed(self, chunk: object) -> None:
+        if not isinstance(chunk, dict):
+            return
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            pieces = delta.get("tool_calls") if isinstance(delta, dict) else None
+            for piece in pieces or ():
+                if not isinstance(piece, dict):
+                    continue
+                index = piece.get("index")
+                part = self._parts.setdefault(
+                    index if isinstance(index, int) else len(self._parts),
+                    {"id": "", "name": "", "arguments": ""},
+                )
+                if isinstance(piece.get("id"), str):
+                    part["id"] = piece["id"]
+                function = piece.get("function")
+                if isinstance(function, dict):
+                    if isinstance(function.get("name"), str) and not part["name"]:
+                        part["name"] = function["name"]  # sent whole, in the call's first piece
+                    if isinstance(function.get("arguments"), str):
+                        part["arguments"] += function["arguments"]
+
+    def finished(self) -> list[ToolCall]:
+        return [
+            ToolCall(id=part["id"] or f"call_{index}", name=part["name"], arguments=part["arguments"] or "{}")
+            for index, part in sorted(self._parts.items())
+            if part["name"]
+        ]

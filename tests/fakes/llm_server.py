@@ -19,6 +19,17 @@ Replies
     ``first_chunk_delay_s`` more before the first one (the model's time to first token).
     Embeddings are deterministic unit vectors derived from a hash of each text.
 
+Tool calls
+    A reply function may return :class:`AskTools` instead of text: the model asks for those
+    tool calls, in each API's wire format. OpenAI: ``delta.tool_calls`` streamed by ``index``
+    (the id, type and name first, then the arguments' JSON in pieces of ``chunk_size``), ending
+    ``finish_reason: "tool_calls"``; unstreamed, ``message.tool_calls`` with ``content: null``.
+    Ollama: one chunk whose ``message.tool_calls`` holds every call whole (arguments as an
+    object), then the ``done`` chunk. The request's offered tools are in
+    ``RecordedRequest.tools``; the results come back as ``role: "tool"`` messages. As the real
+    APIs do, no call is made when the request forbids it (OpenAI ``tool_choice: "none"``) or, on
+    Ollama, offers no tools: the reply is then the ``AskTools``' text.
+
 Faults (all take effect on the next request and can be changed while running)
     * ``fail_next(n, status=500)``: the next ``n`` requests, on any endpoint, answer an error
       in the API's error format.
@@ -42,6 +53,7 @@ import json
 import random
 import struct
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +63,16 @@ from multidict import CIMultiDict
 
 from tests.fakes.local_server import LocalServer
 
-Reply = str | Callable[[list[dict[str, Any]]], str]
+
+@dataclass(frozen=True, slots=True)
+class AskTools:
+    """A reply that asks for tools: each call's (name, arguments), and any text said with them."""
+
+    calls: Sequence[tuple[str, dict[str, Any]]]
+    text: str = ""
+
+
+Reply = str | Callable[[list[dict[str, Any]]], str | AskTools]
 DEFAULT_REPLY = "Hello! I am a fake language model, streaming this reply in small chunks."
 
 _Handler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
@@ -75,6 +96,15 @@ class RecordedRequest:
     @property
     def model(self) -> str | None:
         return (self.json or {}).get("model")
+
+    @property
+    def tools(self) -> list[str]:
+        """The names of the tools the request offered (both APIs: ``tools[].function.name``)."""
+        return [t["function"]["name"] for t in (self.json or {}).get("tools") or []]
+
+    def tool_results(self) -> list[str]:
+        """The contents of the request's ``role: "tool"`` messages, in order."""
+        return [str(m.get("content")) for m in self.messages if m.get("role") == "tool"]
 
 
 def fake_embedding(text: str, dim: int) -> list[float]:
@@ -236,7 +266,7 @@ class FakeLLMServer(LocalServer):
             payload = {"error": message}
         return web.Response(status=status, text=json.dumps(payload), content_type="application/json")
 
-    def _reply_text(self, messages: list[dict[str, Any]]) -> str:
+    def _reply_text(self, messages: list[dict[str, Any]]) -> str | AskTools:
         return self.reply if isinstance(self.reply, str) else self.reply(messages)
 
     def _pieces(self, text: str) -> list[str]:
@@ -288,22 +318,26 @@ class FakeLLMServer(LocalServer):
     async def _openai_chat(self, request: web.Request, body: Any) -> web.StreamResponse:
         body = body or {}
         model = str(body.get("model", ""))
-        text = self._reply_text(list(body.get("messages") or []))
+        answer = self._reply_text(list(body.get("messages") or []))
+        if isinstance(answer, AskTools) and body.get("tool_choice") == "none":
+            answer = answer.text
+        text = answer.text if isinstance(answer, AskTools) else answer
+        calls = _call_ids(answer.calls) if isinstance(answer, AskTools) else []
+        finish = "tool_calls" if calls else "stop"
         created = int(time.time())
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = [
+                    {"id": cid, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+                    for cid, name, args in calls
+                ]
             completion = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
             if self.delay_s > 0 or self.first_chunk_delay_s > 0:
@@ -318,7 +352,21 @@ class FakeLLMServer(LocalServer):
             f'{prefix}"delta":{{"content":{json.dumps(p)}}},"finish_reason":null}}]}}\n\n'
             for p in self._pieces(text)
         ]
-        tail = [prefix + '"delta":{},"finish_reason":"stop"}]}\n\n']
+        for index, (cid, name, args) in enumerate(calls):
+            first = {
+                "index": index,
+                "id": cid,
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            deltas = [first] + [
+                {"index": index, "function": {"arguments": part}} for part in self._pieces(json.dumps(args))
+            ]
+            pieces += [
+                f'{prefix}"delta":{{"tool_calls":[{json.dumps(d)}]}},"finish_reason":null}}]}}\n\n'
+                for d in deltas
+            ]
+        tail = [prefix + f'"delta":{{}},"finish_reason":"{finish}"}}]}}\n\n']
         if (body.get("stream_options") or {}).get("include_usage"):
             tail.append(
                 f'data: {{"id":"chatcmpl-fake","object":"chat.completion.chunk","created":{created},'
@@ -359,9 +407,17 @@ class FakeLLMServer(LocalServer):
     async def _ollama_chat(self, request: web.Request, body: Any) -> web.StreamResponse:
         body = body or {}
         model = str(body.get("model", ""))
-        text = self._reply_text(list(body.get("messages") or []))
+        answer = self._reply_text(list(body.get("messages") or []))
+        if isinstance(answer, AskTools) and not body.get("tools"):
+            answer = answer.text
+        text = answer.text if isinstance(answer, AskTools) else answer
+        tool_calls = (
+            [{"function": {"name": name, "arguments": args}} for name, args in answer.calls]
+            if isinstance(answer, AskTools)
+            else []
+        )
         created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        done = {
+        done: dict[str, Any] = {
             "model": model,
             "created_at": created_at,
             "message": {"role": "assistant", "content": ""},
@@ -378,9 +434,13 @@ class FakeLLMServer(LocalServer):
             if self.delay_s > 0:
                 await asyncio.sleep(self.delay_s)
             done["message"] = {"role": "assistant", "content": text}
+            if tool_calls:
+                done["message"]["tool_calls"] = tool_calls
             return web.json_response(done)
         prefix = f'{{"model":{json.dumps(model)},"created_at":"{created_at}","message":{{"role":"assistant",'
         pieces = [f'{prefix}"content":{json.dumps(p)}}},"done":false}}\n' for p in self._pieces(text)]
+        if tool_calls:
+            pieces.append(f'{prefix}"content":"","tool_calls":{json.dumps(tool_calls)}}},"done":false}}\n')
         return await self._stream(request, "application/x-ndjson", [], pieces, [json.dumps(done) + "\n"])
 
     async def _ollama_embed(self, request: web.Request, body: Any) -> web.StreamResponse:
@@ -417,3 +477,8 @@ class FakeLLMServer(LocalServer):
 
     async def _ollama_version(self, request: web.Request, body: Any) -> web.StreamResponse:
         return web.json_response({"version": "0.6.0-fake"})
+
+
+def _call_ids(calls: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Each call with an id in the OpenAI API's form (``call_`` and 24 characters)."""
+    return [(f"call_{uuid.uuid4().hex[:24]}", name, args) for name, args in calls]

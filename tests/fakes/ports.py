@@ -10,12 +10,23 @@ import asyncio
 import hashlib
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from engine.errors import LLMError
 from engine.events import ChatMessage
-from engine.ports import MetadataValue, Vector, VectorHit, VectorItem
+from engine.ports import (
+    JSONValue,
+    MetadataValue,
+    ToolCall,
+    ToolOutcome,
+    ToolRound,
+    ToolSpec,
+    Vector,
+    VectorHit,
+    VectorItem,
+)
 
 _WORD = re.compile(r"\w+")
 
@@ -141,3 +152,91 @@ class InMemoryVectorMemory:
 
     async def count(self, scope: str) -> int:
         return len(self._scopes.get(scope, {}))
+
+
+@dataclass(slots=True)
+class ToolRequest:
+    """What a :class:`ToolCallingFakeLLM` was asked: the prompt, the tools, the rounds before."""
+
+    messages: list[ChatMessage]
+    tools: list[str]
+    rounds: tuple[ToolRound, ...]
+    may_call: bool
+
+
+class ToolCallingFakeLLM(FakeLLM):
+    """A FakeLLM that can call tools: ``script(request)`` returns the reply's text, or tool
+    calls as ``(name, arguments JSON)`` pairs (with optional text first)."""
+
+    def __init__(self, script: Callable[[ToolRequest], str | tuple[str, list[tuple[str, str]]]]) -> None:
+        super().__init__()
+        self.script = script
+        self.requests: list[ToolRequest] = []
+
+    async def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolSpec],
+        rounds: Sequence[ToolRound],
+        max_tokens: int,
+        temperature: float,
+        may_call: bool = True,
+    ) -> AsyncIterator[str | ToolCall]:
+        request = ToolRequest(list(messages), [t.name for t in tools], tuple(rounds), may_call)
+        self.requests.append(request)
+        answer = self.script(request)
+        text, calls = (answer, []) if isinstance(answer, str) else answer
+        for piece in re.findall(r"\S+\s*", text):
+            yield piece
+        for number, (name, arguments) in enumerate(calls if may_call else []):
+            yield ToolCall(id=f"call_{len(self.requests)}_{number}", name=name, arguments=arguments)
+
+
+ToolFn = Callable[[Mapping[str, JSONValue]], Awaitable[str]]
+
+
+class FakeTools:
+    """The ``Tools`` port over plain async functions, by name; ``allowed`` entries are names."""
+
+    def __init__(self, tools: Mapping[str, ToolFn], *, ignore_timeout: bool = False) -> None:
+        self._tools = dict(tools)
+        self.ignore_timeout = ignore_timeout
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def offered(self, allowed: Sequence[str]) -> list[ToolSpec]:
+        return [
+            ToolSpec(name=name, description=f"the {name} tool") for name in self._tools if name in allowed
+        ]
+
+    async def call(self, name: str, arguments: Mapping[str, JSONValue], *, timeout_s: float) -> str:
+        self.calls.append((name, dict(arguments)))
+        if self.ignore_timeout:
+            return await self._tools[name](arguments)
+        async with asyncio.timeout(timeout_s):
+            return await self._tools[name](arguments)
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class RecordingMetrics:
+    """The ``Metrics`` port, keeping what it was told."""
+
+    tools: list[tuple[str, ToolOutcome]] = field(default_factory=list)
+
+    def message_handled(self, platform: str, kind: str) -> None:
+        return None
+
+    def reply_timed(self, platform: str, *, total_s: float, first_token_s: float | None) -> None:
+        return None
+
+    def llm_streamed(self, backend: str, *, chunks: int, approx_tokens: int) -> None:
+        return None
+
+    def tool_called(self, tool: str, outcome: ToolOutcome, *, duration_s: float) -> None:
+        self.tools.append((tool, outcome))

@@ -1,4 +1,4 @@
-"""The engine depends on no adapter, storage, voice, inference or platform SDK module."""
+"""The engine depends on no adapter, storage, voice, inference, tools or platform SDK module."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ FORBIDDEN = {
     "storage",
     "voice",
     "inference",
+    "tools",
+    "mcp",
     "bot",
     "config",
     "discord",
@@ -56,7 +58,7 @@ def test_the_check_sees_imports() -> None:
     assert {"engine", "config"} <= imported_modules(sample)
 
 
-PACKAGES = ("adapters", "bot", "config", "engine", "inference", "storage", "voice")
+PACKAGES = ("adapters", "bot", "config", "engine", "inference", "storage", "tools", "voice")
 
 
 def module_name(path: Path) -> str:
