@@ -76,7 +76,8 @@ HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on its own forms
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -495,7 +496,9 @@ class AdminConsole:
             if not platform.configured:
                 rows.append({"name": platform.name, "status": "off", "detail": platform.detail})
             elif health is None:
-                rows.append({"name": platform.name, "status": "starting", "detail": platform.detail})
+                # the web adapter has no health of its own: it is serving this page
+                state = "ok" if platform.name == "web" else "starting"
+                rows.append({"name": platform.name, "status": state, "detail": platform.detail})
             else:
                 rows.append({"name": platform.name, "status": health.status, "detail": health.detail})
         return rows
@@ -763,7 +766,7 @@ class AdminConsole:
             f'<section id="user-details"><h2>{e(canonical)}</h2>{about}'
             f'<p><a class="button" href="/admin/users/export?{e(query)}" download>Export as JSON</a> '
             f'<a class="button danger" href="/admin/users/forget?{e(query)}">Forget this user…</a></p>'
-            f"<h3>What is remembered: {total} memories{shown}</h3>"
+            f"<h3>What is remembered: {total} {'memory' if total == 1 else 'memories'}{shown}</h3>"
             '<table id="memories"><thead><tr><th>When</th><th>Kind</th><th>Platform</th><th>Memory</th></tr>'
             f"</thead><tbody>{rows}</tbody></table></section>"
         )
