@@ -33,7 +33,7 @@ Who gets in:
 
 Every state-changing route is a POST that needs, with a cookie session, the session's CSRF
 token in the form (an HMAC of the session's nonce) and, when the browser sends one, an
-``Origin`` equal to the page's own; a bearer-token request needs neither (browsers never add
+``Origin`` naming the page's own host; a bearer-token request needs neither (browsers never add
 that header by themselves). Each export, forget and persona switch is logged at INFO with the
 user key or persona name, never a memory's content.
 """
@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -252,7 +252,8 @@ class Gate:
         if session.nonce is None:
             return  # a bearer token: no browser sends one by itself
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
+        # the host only: behind a proxy that ends TLS the browser's https is plain http here
+        if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
             raise Denied(403, "this form was sent from another site")
         given = form.get("csrf", "")
         if session.new_cookie is not None or not hmac.compare_digest(given.encode(), session.csrf.encode()):
