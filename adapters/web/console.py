@@ -22,8 +22,9 @@ Who gets in:
   session cookie that ``POST /admin/login`` sets after comparing the token (``hmac.compare_digest``).
   The cookie is ``HttpOnly``, ``SameSite=Strict``, ``Path=/admin`` (``Secure`` over HTTPS) and holds
   an expiry and a random nonce signed with HMAC-SHA256 under a key drawn from the token — never the
-  token itself. Changing the token ends every session. An unauthenticated page request gets the
-  login form with status 401; a JSON one gets the API's 401 error.
+  token itself. Changing the token ends every session. After ``FAILED_LOGINS_PER_MIN`` wrong
+  tokens within a minute, every login is refused (429) until the minute is over. An
+  unauthenticated page request gets the login form with status 401; a JSON one the API's 401 error.
 - ``API_TOKEN`` unset: only when the server listens on a loopback address *and* the request comes
   from a loopback peer (the socket's address, not a header) *and* names a loopback host
   (``localhost``, ``127.x.x.x``, ``[::1]``: a DNS-rebinding page names its own) *and* carries no
@@ -48,6 +49,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +68,8 @@ DASH = "&ndash;"
 COOKIE = "we_console"
 SESSION_S = 12 * 3600
 MEMORIES_SHOWN = 200
+FAILED_LOGINS_PER_MIN = 20
+"""Past this many wrong tokens in a minute (from anyone), logins wait: guessing stays slow."""
 _KEY_LABEL = b"whisperengine owner's console session v1"
 _USER_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-")
 
@@ -381,6 +385,8 @@ class AdminConsole:
         self._health = health
         self._core = frozenset(core_components)
         self.gate = Gate(token, bound_host=bound_host)
+        self.failed_logins_per_min = FAILED_LOGINS_PER_MIN
+        self._failed_logins: deque[float] = deque()
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/admin", self._guard(self._overview))
@@ -450,8 +456,21 @@ class AdminConsole:
             except Denied as denied:
                 return self._denied(request, denied)
             return _see_other("/admin")
+        now = time.monotonic()
+        while self._failed_logins and self._failed_logins[0] < now - 60.0:
+            self._failed_logins.popleft()
+        if len(self._failed_logins) >= self.failed_logins_per_min:
+            logger.warning(
+                "console: login from %s refused: too many wrong tokens this minute", request.remote
+            )
+            return web.json_response(
+                {"error": {"code": "too_many_logins", "message": "too many wrong tokens: wait a minute"}},
+                status=429,
+                headers={**HEADERS, "Retry-After": "60"},
+            )
         form = await _form(request)
         if not self.gate.token_matches(form.get("token", "")):
+            self._failed_logins.append(now)
             logger.warning("console: a login with a wrong token from %s", request.remote)
             return self._denied(request, Denied(401, "the token is not valid"), failed_login=True)
         cookie, _ = self.gate.new_session()

@@ -450,3 +450,15 @@ async def test_a_users_memories_are_shown_exported_and_forgotten_each_logged(
     assert [r.levelno for r in logged] == [logging.INFO, logging.INFO]
     assert all(USER_KEY in r.getMessage() for r in logged)
     assert not any("Bartholomew" in r.getMessage() for r in caplog.records)
+
+
+async def test_guessing_the_token_is_slowed_down(connect: Connect) -> None:
+    console = await connect()
+    for _ in range(20):
+        assert await console.login("a-guess") == 401
+    assert await console.login("another-guess") == 429
+    assert await console.login() == 429  # even the right one, until the minute is over
+    async with console.session.get(
+        console.url("/admin"), headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as resp:
+        assert resp.status == 200  # the owner's scripts are not locked out
