@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from adapters.web.console import LoggedProblem, MetricsPoint, PlatformState
-from bot.logs import RedactSecrets
+from bot.logs import REDACTED, RedactSecrets
 from bot.metrics import MetricsSnapshot, PrometheusMetrics
 
 if TYPE_CHECKING:
@@ -85,6 +85,12 @@ def point_between(
     )
 
 
+def redact(text: str, app: App) -> str:
+    for secret in sorted(app.settings.secrets(), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 class ProcessConsole:
     """The console's :class:`adapters.web.console.ConsoleSource` for this process."""
 
@@ -109,7 +115,13 @@ class ProcessConsole:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Collect WARNING+ records from the root logger, and sample the metrics."""
+        """Collect WARNING+ records from the root logger, and sample the metrics. The start-up's
+        notes (logged as warnings before this handler was there) come first."""
+        now = self._clock()
+        for note in self._app.notes:
+            self.problem_log.problems.append(
+                LoggedProblem(now, "WARNING", "start-up", redact(note, self._app))
+            )
         logging.getLogger().addHandler(self.problem_log)
         self.sample()
         self._task = asyncio.create_task(self._sampling(), name="console-sampler")

@@ -108,3 +108,49 @@ def test_an_empty_registry_still_has_the_reply_buckets() -> None:
     snapshot = PrometheusMetrics().snapshot()
     assert isinstance(snapshot, MetricsSnapshot)
     assert snapshot.messages == 0.0 and snapshot.reply_buckets[-1] == (INF, 0.0)
+
+
+async def test_the_process_console_samples_lists_platforms_and_keeps_start_up_notes() -> None:
+    from types import SimpleNamespace
+
+    from bot.console import ProcessConsole
+    from config.settings import Settings
+
+    settings = Settings(_env_file=None, telegram_token="123:telegram-secret-token", api_token="tok-tok-tok")  # type: ignore[call-arg]
+    app = SimpleNamespace(
+        settings=settings,
+        notes=["Redis did not answer; the key 123:telegram-secret-token stays out of this"],
+        reporters={"telegram": lambda: None},
+        web=None,
+    )
+    clock = [1000.0]
+    metrics = PrometheusMetrics()
+    console = ProcessConsole(app, metrics, sample_s=60, clock=lambda: clock[0])  # type: ignore[arg-type]
+    await console.start()
+    try:
+        (note,) = console.recent_problems()
+        assert (
+            note.logger == "start-up"
+            and "telegram-secret-token" not in note.message
+            and "***" in note.message
+        )
+        logging.getLogger("tests.console").warning("later %s", "tok-tok-tok")
+        assert console.recent_problems()[-1].message == "later ***"
+
+        for _ in range(3):
+            metrics.message_handled("web", "answer")
+        clock[0] += 30.0
+        point = console.sample()
+        assert point.messages_per_min == 6.0  # 3 in half a minute
+        clock[0] += 90.0  # the window is the last minute: the earlier messages drop out
+        assert console.sample().messages_per_min == 0.0
+        assert len(console.metrics_history()) == 3
+    finally:
+        await console.aclose()
+    logging.getLogger("tests.console").warning("after the close")
+    assert console.recent_problems()[-1].message == "later ***"
+
+    states = {p.name: p for p in console.platforms()}
+    assert states["telegram"].configured and states["telegram"].detail == ""
+    assert not states["discord"].configured and states["discord"].detail == "DISCORD_TOKEN is not set"
+    assert "API token required" in states["web"].detail
