@@ -35,8 +35,8 @@ Who gets in:
 Every state-changing route is a POST that needs, with a cookie session, the session's CSRF
 token in the form (an HMAC of the session's nonce) and, when the browser sends one, an
 ``Origin`` naming the page's own host; a bearer-token request needs neither (browsers never add
-that header by themselves). Each export, forget and persona switch is logged at INFO with the
-user key or persona name, never a memory's content.
+that header by themselves). Each look at a user's data, export, forget and persona switch is
+logged at INFO with the user key or persona name, never a memory's content.
 """
 
 from __future__ import annotations
@@ -751,6 +751,7 @@ class AdminConsole:
             if error:
                 details, status = f'<p class="error" role="alert">{e(error)}</p>', 400
             else:
+                logger.info("console: looked at the data of %s", user_key)
                 details = await self._user_details(user_key, session)
         body = _notice(request) + lookup + details
         return self._html(_layout("Users", body, session=session, active="/admin/users"), status=status)
