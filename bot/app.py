@@ -692,7 +692,13 @@ async def build_app(
             app.reporters["tools"] = tools_health
         if with_web and settings.web_enabled:
             from adapters.web.server import WebAdapter
+            from bot.console import ProcessConsole
 
+            console = None
+            if settings.console_enabled:
+                console = ProcessConsole(app, metrics, sample_s=settings.console_sample_s)
+                await console.start()
+                stack.push_async_callback(console.aclose)
             app.web = WebAdapter(
                 engine,
                 host=settings.web_host,
@@ -701,6 +707,7 @@ async def build_app(
                 health=app.health,
                 max_message_chars=settings.max_message_chars,
                 metrics=metrics,
+                console=console,
             )
             await app.web.start()
             stack.push_async_callback(app.web.aclose)

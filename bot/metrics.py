@@ -12,7 +12,8 @@ apps in one process (tests) never share counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,6 +25,20 @@ from engine.ports import ToolOutcome
 # Seconds: a streamed reply's first chunk is expected within a few seconds, a whole
 # reply from a CPU model may take a minute.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """The counters at one moment, for the owner's console (its charts are differences of two)."""
+
+    messages: float
+    """Messages handled so far, every platform and kind."""
+    reply_buckets: tuple[tuple[float, float], ...]
+    """The reply-time histogram, every platform together: (upper bound in seconds, cumulative
+    count), ending with ``inf``."""
+    llm_errors: float
+    """Failed LLM calls so far, every backend."""
+    queues: Mapping[str, int]
 
 
 class PrometheusMetrics:
@@ -112,6 +127,27 @@ class PrometheusMetrics:
     def render(self) -> bytes:
         """Every metric, in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The counters now, summed over their labels."""
+        messages = sum(
+            s.value for m in self._messages.collect() for s in m.samples if s.name.endswith("_total")
+        )
+        buckets: dict[float, float] = {}
+        for metric in self._reply_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket"):
+                    bound = float(sample.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+        if not buckets:
+            buckets = {bound: 0.0 for bound in (*LATENCY_BUCKETS, float("inf"))}
+        stats = self._state.llm_stats() if self._state.llm_stats is not None else ()
+        return MetricsSnapshot(
+            messages=float(messages),
+            reply_buckets=tuple(sorted(buckets.items())),
+            llm_errors=float(sum(backend.failures for backend in stats)),
+            queues={name: read() for name, read in self._state.queues.items()},
+        )
 
 
 class _StateCollector(Collector):

@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Address of the web chat and REST API.")
     web_port: int = Field(8080, ge=0, le=65535, description="Port of the web chat and REST API.")
     api_token: SecretStr | None = Field(None, description="Bearer token the REST API requires when set.")
+    console_enabled: bool = Field(
+        True,
+        description="Serve the owner's console at /admin of the web chat (login with API_TOKEN; "
+        "without one, only from this machine).",
+    )
+    console_sample_s: float = Field(
+        5.0, gt=0, description="How often the owner's console samples the metrics for its charts, in seconds."
+    )
 
     # --- discord ---------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token; Discord starts when set.")

@@ -41,7 +41,9 @@ In every text, ``{{char}}`` stands for the persona's display name and ``{{user}}
 of the person it is talking with (filled in when the prompt is built).
 
 The active persona of a message is the one set for its channel, else for its guild,
-else the default; choices are stored as settings in the conversation store.
+else the default; choices are stored as settings in the conversation store. The default is
+``DEFAULT_PERSONA`` unless the owner chose another (the owner's console): that choice is
+stored too, under the scope :data:`DEFAULT_SCOPE`, and outlives a restart.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ from engine.ports import ConversationStore
 logger = logging.getLogger(__name__)
 
 PERSONA_SETTING = "persona"
+DEFAULT_SCOPE = "global"
+"""The scope of the owner's choice of default persona (no user key or channel scope is
+without a colon, so none can collide with it)."""
 
 
 _MACRO = re.compile(r"\{\{\s*(char|user)\s*\}\}", re.IGNORECASE)
@@ -384,6 +389,8 @@ class PersonaSelector:
         self, library: PersonaLibrary, store: ConversationStore, *, memo_ttl_s: float = 30.0
     ) -> None:
         self.library = library
+        self.configured_default = library.default
+        """``DEFAULT_PERSONA``: the default while the owner has chosen none."""
         self._store = store
         self._memo: SettingsMemo[str, str | None] = SettingsMemo(ttl_s=memo_ttl_s)
 
@@ -406,7 +413,28 @@ class PersonaSelector:
             persona = self.library.get(name) if name else None
             if persona is not None:
                 return persona
-        return self.library.default
+        return await self.default()
+
+    async def default(self) -> Persona:
+        """The default persona: the owner's stored choice, else ``DEFAULT_PERSONA``. Also kept
+        as ``library.default``, which code without a store at hand reads."""
+        name = await self._choice(DEFAULT_SCOPE)
+        persona = (self.library.get(name) if name else None) or self.configured_default
+        self.library.default = persona
+        return persona
+
+    async def set_default(self, name: str | None) -> Persona:
+        """Make ``name`` the default persona, stored (``None``: back to ``DEFAULT_PERSONA``);
+        raises ConfigError for unknown names."""
+        if name is None:
+            await self._store.delete_setting(DEFAULT_SCOPE, PERSONA_SETTING)
+            self._remember(DEFAULT_SCOPE, None)
+            self.library.default = self.configured_default
+            return self.configured_default
+        persona = await self.set(DEFAULT_SCOPE, name)
+        assert persona is not None  # set() returns the persona of a name
+        self.library.default = persona
+        return persona
 
     async def set(self, scope: str, name: str | None) -> Persona | None:
         """Choose ``name`` for the scope (``None`` clears it); raises ConfigError for unknown names."""

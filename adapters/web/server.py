@@ -7,6 +7,7 @@ Routes::
     GET  /api/health       health of the components; 503 when a core one is down
     GET  /api/config       what the page needs to know: {"token_required": bool, ...}
     GET  /metrics          Prometheus metrics (when the app exports them); the API token applies
+    /admin/...             the owner's console (when the app gives one): see ``adapters/web/console.py``
 
 The adapter only translates: a validated request becomes a ``UniversalMessage``
 (platform ``web``, always a direct conversation) and the ``AIResponse`` becomes JSON.
@@ -29,6 +30,7 @@ from typing import Annotated, Any, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
 
+from adapters.web.console import AdminConsole, ConsoleSource
 from engine.errors import BackendUnavailable, InputError, WhisperEngineError
 from engine.events import AIResponse, ReplyKind, UniversalMessage
 from engine.health import ComponentHealth, overall
@@ -64,6 +66,7 @@ _STATIC_FILES = {
     "index.html": "text/html",
     "chat.js": "text/javascript",
     "chat.css": "text/css",
+    "console.css": "text/css",
 }
 
 _STREAM_KEY = web.RequestKey("ndjson_response", web.StreamResponse)
@@ -207,9 +210,22 @@ class WebAdapter:
         core_components: Collection[str] = CORE_COMPONENTS,
         shutdown_timeout_s: float = 10.0,
         metrics: MetricsSource | None = None,
+        console: ConsoleSource | None = None,
     ) -> None:
         self._engine = engine
         self._metrics = metrics
+        self._console = (
+            None
+            if console is None
+            else AdminConsole(
+                engine,
+                console,
+                health=health,
+                token=api_token.encode() if api_token else None,
+                bound_host=host,
+                core_components=core_components,
+            )
+        )
         self.host = host
         self.port = port
         self._token = api_token.encode() if api_token else None
@@ -243,6 +259,8 @@ class WebAdapter:
         app.router.add_get("/api/config", self._config)
         if self._metrics is not None:
             app.router.add_get("/metrics", self._metrics_route)
+        if self._console is not None:
+            self._console.add_routes(app.router)
         return app
 
     async def start(self) -> None:

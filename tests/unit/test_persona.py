@@ -98,3 +98,45 @@ def test_voice_replies_must_be_true_or_false(tmp_path: Path, value: str) -> None
     with pytest.raises(ConfigError, match="voice_replies") as info:
         load_persona_file(path)
     assert str(path) in str(info.value)
+
+
+async def test_the_owners_default_persona_is_stored_and_wins_over_default_persona() -> None:
+    from engine.events import UniversalMessage
+    from engine.persona import DEFAULT_SCOPE, PERSONA_SETTING, PersonaSelector
+
+    class Settings:
+        def __init__(self) -> None:
+            self.values: dict[tuple[str, str], str] = {}
+
+        async def get_setting(self, scope: str, key: str) -> str | None:
+            return self.values.get((scope, key))
+
+        async def set_setting(self, scope: str, key: str, value: str) -> None:
+            self.values[(scope, key)] = value
+
+        async def delete_setting(self, scope: str, key: str) -> None:
+            self.values.pop((scope, key), None)
+
+    store = Settings()
+    library = PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember")
+    selector = PersonaSelector(library, store)  # type: ignore[arg-type]
+    message = UniversalMessage(content="hi", user_id="1", user_name="A", platform="web", channel_id="c")
+    assert (await selector.for_message(message)).name == "ember"
+
+    assert (await selector.set_default("sage")).name == "sage"
+    assert store.values[(DEFAULT_SCOPE, PERSONA_SETTING)] == "sage"
+    assert (await selector.for_message(message)).name == "sage"
+    assert library.default.name == "sage"
+
+    # Another process (a fresh selector on the same store) reads the stored choice.
+    other = PersonaSelector(PersonaLibrary.from_dirs([PACKAGED_PERSONAS], default="ember"), store)  # type: ignore[arg-type]
+    assert (await other.default()).name == "sage"
+    assert other.library.default.name == "sage"
+
+    # A channel's own choice still wins over the default.
+    await selector.set("channel:web:c", "ember")
+    assert (await selector.for_message(message)).name == "ember"
+
+    assert (await selector.set_default(None)).name == "ember"
+    assert (DEFAULT_SCOPE, PERSONA_SETTING) not in store.values
+    assert library.default.name == "ember"
