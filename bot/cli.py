@@ -21,8 +21,9 @@ from pydantic import ValidationError
 from bot.app import App, build_app, start_platforms
 from bot.logs import configure_logging
 from config.settings import Settings
-from engine.errors import BackendUnavailable, ConfigError, InputError
+from engine.errors import BackendUnavailable, ConfigError, InputError, LLMError
 from engine.health import overall
+from engine.llm import ResilientLLM
 
 logger = logging.getLogger("whisperengine")
 
@@ -48,6 +49,31 @@ async def _wait_for_stop() -> None:
     await stop.wait()
 
 
+LLM_PING_TIMEOUT_S = 10.0
+
+
+async def warn_about_unreachable_llms(llm: ResilientLLM, timeout_s: float = LLM_PING_TIMEOUT_S) -> int:
+    """One WARNING for each LLM backend that does not answer its ping (an unreachable server, a
+    model that is not there), at start-up rather than at the first message; returns how many."""
+    unreachable = 0
+    for backend in llm.backends:
+        try:
+            await asyncio.wait_for(backend.ping(), timeout_s)
+        except TimeoutError:
+            reason = f"no answer within {timeout_s:g}s"
+        except (BackendUnavailable, LLMError) as exc:
+            reason = str(exc)
+        else:
+            continue
+        unreachable += 1
+        logger.warning(
+            "LLM backend %s is not reachable (%s); replies use the next backend or apologise until it is",
+            backend.name,
+            reason,
+        )
+    return unreachable
+
+
 async def run(settings: Settings) -> int:
     async with build_app(settings) as app, contextlib.AsyncExitStack() as platforms:
         await start_platforms(app, platforms)
@@ -55,6 +81,8 @@ async def run(settings: Settings) -> int:
         if app.web is not None:
             logger.info("web chat on %s", app.web.url)
         logger.info("WhisperEngine is running; Ctrl-C stops it")
+        checked = asyncio.create_task(warn_about_unreachable_llms(app.llm))  # in the background
+        platforms.callback(checked.cancel)
         await _wait_for_stop()
         logger.info("shutting down: finishing queued memory writes")
     return 0

@@ -60,7 +60,11 @@ class Settings(BaseSettings):
     llamacpp_model_path: Path | None = Field(
         None, description="GGUF file for llama.cpp; default: bundled SmolLM2."
     )
-    llamacpp_threads: int | None = Field(None, description="CPU threads for llama.cpp; default: all cores.")
+    llamacpp_threads: int | None = Field(
+        None,
+        description="CPU threads for llama.cpp; default: half the cores (its threads spin while they wait, "
+        "which would starve the rest of the process).",
+    )
     llamacpp_context: int = Field(2048, description="llama.cpp context window in tokens.")
     llamacpp_saved_states_mb: int = Field(
         256,

@@ -262,6 +262,40 @@ def test_run_serves_the_web_api_stops_cleanly_on_sigterm_and_never_logs_secrets(
     assert SECRET_KEY.encode() not in database and ENCRYPTION_KEY.encode() not in database
 
 
+def test_run_warns_once_at_start_up_when_the_llm_cannot_be_reached(tmp_path: Path) -> None:
+    """An unreachable Ollama is one WARNING at start-up, not a surprise at the first message."""
+    closed = free_port()  # nothing listens there
+    env = base_env(
+        tmp_path,
+        LLM_BACKEND="ollama",
+        OLLAMA_HOST=f"http://127.0.0.1:{closed}",
+        OLLAMA_MODEL="llama3.2",
+        STT_BACKEND="off",
+        TTS_BACKENDS="off",
+    )
+    (tmp_path / "data").mkdir()
+    log_path = tmp_path / "bot.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [EXE, "run"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        )
+        try:
+            for _ in range(1200):
+                if "is running" in log_path.read_text() and "not reachable" in log_path.read_text():
+                    break
+                assert proc.poll() is None, log_path.read_text()
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    logs = log_path.read_text()
+    assert proc.returncode == 0, logs
+    warnings = [line for line in logs.splitlines() if "WARNING" in line and "LLM backend" in line]
+    assert len(warnings) == 1, logs
+    assert "ollama:llama3.2" in warnings[0] and f"127.0.0.1:{closed}" in warnings[0]
+    assert "Traceback" not in logs
+
+
 def test_the_cli_imports_a_card_and_refuses_a_bad_one(tmp_path: Path) -> None:
     env = base_env(tmp_path)
     png = tmp_path / "Seraphina card.png"
