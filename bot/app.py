@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -140,15 +139,6 @@ class App:
         """Down when no backend answers or every backend's circuit is open; degraded when one in
         the chain is skipped (circuit open) while another answers."""
         return with_circuits(await probe("llm", self.choices["llm"], self.llm.ping), self.llm.circuits())
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def choose_llm_backends(settings: Settings) -> list[LLMBackendName]:
@@ -506,7 +496,9 @@ async def build_app(
 
     ``role="worker"``: the process of ``whisperengine worker``, which does the background
     memory work that bot processes leave to it (``MEMORY_WORKER=external``)."""
-    if settings.web_enabled and settings.api_token is None and not is_loopback(settings.web_host):
+    from adapters.web.console import is_loopback_host
+
+    if settings.web_enabled and settings.api_token is None and not is_loopback_host(settings.web_host):
         raise ConfigError(
             f"the REST API would be open to the network on {settings.web_host} without a token",
             variable="API_TOKEN",
