@@ -19,6 +19,13 @@ Replies
     ``first_chunk_delay_s`` more before the first one (the model's time to first token).
     Embeddings are deterministic unit vectors derived from a hash of each text.
 
+Reasoning
+    ``reasoning`` (empty by default): the thinking of a reasoning model, sent before the answer in
+    the field each API keeps for it. OpenAI-compatible servers (DeepSeek, vLLM): streamed as
+    ``delta.reasoning_content`` pieces, unstreamed as ``message.reasoning_content``. Ollama:
+    streamed as ``message.thinking`` pieces with empty ``content``, unstreamed as
+    ``message.thinking``.
+
 Tool calls
     A reply function may return :class:`AskTools` instead of text: the model asks for those
     tool calls, in each API's wire format. OpenAI: ``delta.tool_calls`` streamed by ``index``
@@ -136,6 +143,8 @@ class FakeLLMServer(LocalServer):
         self.delay_s = delay_s
         self.first_chunk_delay_s = first_chunk_delay_s
         self.chunk_size = chunk_size
+        self.reasoning = ""
+        """A reasoning model's thinking, sent before each answer in the API's own field."""
         self.models = list(models)
         self.embedding_dim = embedding_dim
         self.api_key = api_key
@@ -327,6 +336,8 @@ class FakeLLMServer(LocalServer):
         created = int(time.time())
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+            if self.reasoning:
+                message["reasoning_content"] = self.reasoning
             if calls:
                 message["tool_calls"] = [
                     {"id": cid, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
@@ -349,6 +360,10 @@ class FakeLLMServer(LocalServer):
         )
         head = [prefix + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n']
         pieces = [
+            f'{prefix}"delta":{{"reasoning_content":{json.dumps(p)}}},"finish_reason":null}}]}}\n\n'
+            for p in self._pieces(self.reasoning)
+        ]
+        pieces += [
             f'{prefix}"delta":{{"content":{json.dumps(p)}}},"finish_reason":null}}]}}\n\n'
             for p in self._pieces(text)
         ]
@@ -434,11 +449,17 @@ class FakeLLMServer(LocalServer):
             if self.delay_s > 0:
                 await asyncio.sleep(self.delay_s)
             done["message"] = {"role": "assistant", "content": text}
+            if self.reasoning:
+                done["message"]["thinking"] = self.reasoning
             if tool_calls:
                 done["message"]["tool_calls"] = tool_calls
             return web.json_response(done)
         prefix = f'{{"model":{json.dumps(model)},"created_at":"{created_at}","message":{{"role":"assistant",'
-        pieces = [f'{prefix}"content":{json.dumps(p)}}},"done":false}}\n' for p in self._pieces(text)]
+        pieces = [
+            f'{prefix}"content":"","thinking":{json.dumps(p)}}},"done":false}}\n'
+            for p in self._pieces(self.reasoning)
+        ]
+        pieces += [f'{prefix}"content":{json.dumps(p)}}},"done":false}}\n' for p in self._pieces(text)]
         if tool_calls:
             pieces.append(f'{prefix}"content":"","tool_calls":{json.dumps(tool_calls)}}},"done":false}}\n')
         return await self._stream(request, "application/x-ndjson", [], pieces, [json.dumps(done) + "\n"])
