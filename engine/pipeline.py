@@ -196,8 +196,13 @@ class Engine:
         """Have the model read the default persona's part of the prompt, with which every
         conversation's prompt starts: a model that keeps what it read (llama.cpp in this
         process) then reads only the rest of the first reply's prompt. A failure is logged."""
+        try:
+            persona = await self.personas.default()  # the owner's stored choice, if any
+        except (StorageError, BackendUnavailable) as exc:
+            logger.warning("could not read the stored default persona; reading DEFAULT_PERSONA's: %s", exc)
+            persona = self.personas.library.default
         prompt = build_prompt(
-            persona=self.personas.library.default,
+            persona=persona,
             user_message="Hi!",
             user_name="someone",
             turns=[],

@@ -48,3 +48,13 @@ async def test_the_persona_read_ahead_is_how_the_first_real_prompt_starts(make_e
             first = llm.prompts[-1]
             assert ahead[:-2] == first[:-2] and len(first[:-2]) >= 1  # persona (and examples) alike
             assert ahead[-1].content != first[-1].content
+
+
+async def test_the_read_ahead_is_of_the_default_persona_the_owner_chose(make_engine) -> None:  # type: ignore[no-untyped-def]
+    llm = FakeLLM("Hello!")
+    async with make_engine(llm) as engine:
+        other = next(name for name in engine.personas.library.names() if name != "ember")
+        chosen = await engine.personas.set_default(other)  # stored, as the owner's console does
+        engine.personas.library.default = engine.personas.configured_default  # a fresh process
+        await engine.read_persona()
+        assert llm.prompts[-1][0].content == chosen.system_text()
