@@ -28,7 +28,7 @@ from config.urls import redact_url
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
 from engine.ports import ToolCall, ToolRound, ToolSpec
-from inference import llm_error
+from inference import ToolChat, function_tools, llm_error
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _model_matches(wanted: str, available: str) -> bool:
     return ":" not in wanted and available == f"{wanted}:latest"
 
 
-class OllamaChat:
+class OllamaChat(ToolChat):
     """A model served by Ollama."""
 
     def __init__(self, host: str, model: str, timeout_s: float) -> None:
@@ -119,26 +119,6 @@ class OllamaChat:
 
     # --- the port -----------------------------------------------------------------------
 
-    async def stream(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncGenerator[str, None]:
-        async for item in self._chat(messages, (), (), max_tokens, temperature):
-            if isinstance(item, str):
-                yield item
-
-    async def stream_with_tools(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        tools: Sequence[ToolSpec],
-        rounds: Sequence[ToolRound],
-        max_tokens: int,
-        temperature: float,
-        may_call: bool = True,
-    ) -> AsyncGenerator[str | ToolCall, None]:
-        async for item in self._chat(messages, tools, rounds, max_tokens, temperature, may_call=may_call):
-            yield item
-
     async def _chat(
         self,
         messages: Sequence[ChatMessage],
@@ -153,14 +133,8 @@ class OllamaChat:
         payload: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in messages]
         for done in rounds:
             payload.extend(_round_messages(done))
-        offered = [
-            {
-                "type": "function",
-                "function": {"name": t.name, "description": t.description, "parameters": dict(t.parameters)},
-            }
-            for t in tools
-            if may_call  # Ollama has no tool_choice: a model that must answer is offered none
-        ]
+        # Ollama has no tool_choice: a model that must answer is offered none
+        offered = function_tools(tools) if may_call else []
         produced = False
         calls: list[ToolCall] = []
         try:

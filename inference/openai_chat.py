@@ -27,13 +27,13 @@ from openai.types.chat import ChatCompletion
 from engine.errors import BackendUnavailable, LLMError, LLMTimeout
 from engine.events import ChatMessage
 from engine.ports import ToolCall, ToolRound, ToolSpec
-from inference import llm_error
+from inference import ToolChat, function_tools, llm_error
 from inference.openai_client import OpenAIEndpoint, describe_openai_error
 
 logger = logging.getLogger(__name__)
 
 
-class OpenAIChat:
+class OpenAIChat(ToolChat):
     """An OpenAI (or compatible: vLLM, LM Studio, llama.cpp server, ...) chat model."""
 
     def __init__(self, base_url: str | None, api_key: str, model: str, timeout_s: float) -> None:
@@ -84,26 +84,6 @@ class OpenAIChat:
 
     # --- the port -----------------------------------------------------------------------
 
-    async def stream(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncGenerator[str, None]:
-        async for item in self._chat(messages, (), (), max_tokens, temperature):
-            if isinstance(item, str):
-                yield item
-
-    async def stream_with_tools(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        tools: Sequence[ToolSpec],
-        rounds: Sequence[ToolRound],
-        max_tokens: int,
-        temperature: float,
-        may_call: bool = True,
-    ) -> AsyncGenerator[str | ToolCall, None]:
-        async for item in self._chat(messages, tools, rounds, max_tokens, temperature, may_call=may_call):
-            yield item
-
     async def _chat(
         self,
         messages: Sequence[ChatMessage],
@@ -127,17 +107,7 @@ class OpenAIChat:
             ("max_completion_tokens" if self._official else "max_tokens"): max_tokens,
         }
         if tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": dict(t.parameters),
-                    },
-                }
-                for t in tools
-            ]
+            body["tools"] = function_tools(tools)
             if not may_call:  # described, not to be called: the model answers now
                 body["tool_choice"] = "none"
         produced = False
